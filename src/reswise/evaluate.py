@@ -55,24 +55,44 @@ class Records:
             return self.topk_prob[i, :, 0] - self.topk_prob[i, :, 1]
         if signal == "entropy":
             return -self.entropy[i]
-        raise ReswiseError(f"unknown confidence signal '{signal}'; use max_softmax, margin or entropy")
+        raise ReswiseError(
+            f"unknown confidence signal '{signal}'; use max_softmax, margin or entropy"
+        )
 
     def subset(self, mask_or_idx: np.ndarray) -> Records:
         s = mask_or_idx
-        return Records(list(self.resolutions), self.indices[s], self.labels[s],
-                       self.topk_idx[:, s], self.topk_prob[:, s], self.entropy[:, s])  # fmt: skip
+        return Records(
+            list(self.resolutions),
+            self.indices[s],
+            self.labels[s],
+            self.topk_idx[:, s],
+            self.topk_prob[:, s],
+            self.entropy[:, s],
+        )
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, resolutions=np.array(self.resolutions), indices=self.indices,
-                            labels=self.labels, topk_idx=self.topk_idx, topk_prob=self.topk_prob,
-                            entropy=self.entropy)  # fmt: skip
+        np.savez_compressed(
+            path,
+            resolutions=np.array(self.resolutions),
+            indices=self.indices,
+            labels=self.labels,
+            topk_idx=self.topk_idx,
+            topk_prob=self.topk_prob,
+            entropy=self.entropy,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Records:
         try:
             d = np.load(path, allow_pickle=False)
-            return cls([int(r) for r in d["resolutions"]], d["indices"], d["labels"],
-                       d["topk_idx"], d["topk_prob"], d["entropy"])  # fmt: skip
+            return cls(
+                [int(r) for r in d["resolutions"]],
+                d["indices"],
+                d["labels"],
+                d["topk_idx"],
+                d["topk_prob"],
+                d["entropy"],
+            )
         except (OSError, KeyError, ValueError) as e:
             raise ReswiseError(
                 f"per-sample records {path} cannot be read ({e.__class__.__name__}); "
@@ -194,6 +214,7 @@ def sweep(
     checkpoint_path: str | Path | None = None,
     shard: tuple[int, int] = (0, 1),
     bn_states: dict[int, dict[str, torch.Tensor]] | None = None,
+    save_every_s: float = 30.0,
 ) -> SweepResult:
     """Evaluate ``model`` on ``dataset`` at every resolution, decoding each image once.
 
@@ -211,8 +232,9 @@ def sweep(
     std = std or (info.std if info else (0.229, 0.224, 0.225))
     if policy is None:
         kind = "crop" if info is not None and info.task == "imagenet" else "full"
-        policy = ResizePolicy(kind, info.crop_pct if info else 0.875,
-                              info.interpolation if info else "bilinear")  # fmt: skip
+        policy = ResizePolicy(
+            kind, info.crop_pct if info else 0.875, info.interpolation if info else "bilinear"
+        )
     resolutions = list(resolutions)
     reference = reference if reference is not None else max(resolutions)
     if reference not in resolutions:
@@ -221,7 +243,7 @@ def sweep(
     n = len(dataset)
     if n == 0:
         raise ReswiseError("the dataset is empty; check --data-root and --limit")
-    bs = batch_size or default_batch_size(max(resolutions))
+    bs = batch_size if batch_size is not None else default_batch_size(max(resolutions))
     if bs <= 0:
         raise ReswiseError(f"--batch-size must be positive, got {bs}")
     num_classes = None
@@ -253,8 +275,19 @@ def sweep(
         "entropy": np.zeros((R, N), np.float32),
         "fwd": np.zeros(R),
     }
-    key = config_key(model=name, weights=weights, data=dataset.name, n=n, res=resolutions, bs=bs,
-                     policy=repr(policy), mean=mean, std=std, shard=shard, fast=fast)  # fmt: skip
+    key = config_key(
+        model=name,
+        weights=weights,
+        data=dataset.name,
+        n=n,
+        res=resolutions,
+        bs=bs,
+        policy=repr(policy),
+        mean=mean,
+        std=std,
+        shard=shard,
+        fast=fast,
+    )
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt and ckpt.is_file():
         d = np.load(ckpt, allow_pickle=False)
@@ -300,7 +333,7 @@ def sweep(
             pos += b - a
             if bar:
                 bar.update(1)
-            if ckpt and time.perf_counter() - last_save > 30:
+            if ckpt and time.perf_counter() - last_save >= save_every_s:
                 _save_progress(ckpt, key, ci + 1, state)
                 last_save = time.perf_counter()
     if bar:
@@ -311,22 +344,46 @@ def sweep(
     if state["topk_idx"] is None:  # an empty shard
         state["topk_idx"] = np.zeros((R, 0, k), np.int32)
         state["topk_prob"] = np.zeros((R, 0, k), np.float32)
-    records = Records(resolutions, mine.astype(np.int64), labels_all[mine].astype(np.int64),
-                      state["topk_idx"], state["topk_prob"], state["entropy"])  # fmt: skip
+    records = Records(
+        resolutions,
+        mine.astype(np.int64),
+        labels_all[mine].astype(np.int64),
+        state["topk_idx"],
+        state["topk_prob"],
+        state["entropy"],
+    )
     result = SweepResult(
-        model=name, weights=weights, dataset=dataset.name, reference=reference,
-        policy=policy.describe(), interpolation=policy.interpolation, rows=[], records=records,
-        skipped=list(getattr(dataset, "skipped", [])), fast_path=fast_desc,
-        timings={"total_s": total, "forward_s": float(state["fwd"].sum())},
-    )  # fmt: skip
+        model=name,
+        weights=weights,
+        dataset=dataset.name,
+        reference=reference,
+        policy=policy.describe(),
+        interpolation=policy.interpolation,
+        rows=[],
+        records=records,
+        skipped=list(getattr(dataset, "skipped", [])),
+        fast_path=fast_desc,
+        timings={
+            "total_s": total,
+            "forward_s": float(state["fwd"].sum()),
+            "forward_s_by_res": [float(f) for f in state["fwd"]],
+        },
+    )
     result.rows = summarize(records, reference, flops, state["fwd"])
     return result
 
 
 def _save_progress(path: Path, key: str, done: int, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, key=np.array(key), done=np.array(done), topk_idx=state["topk_idx"],
-             topk_prob=state["topk_prob"], entropy=state["entropy"], fwd=state["fwd"])  # fmt: skip
+    np.savez(
+        tmp,
+        key=np.array(key),
+        done=np.array(done),
+        topk_idx=state["topk_idx"],
+        topk_prob=state["topk_prob"],
+        entropy=state["entropy"],
+        fwd=state["fwd"],
+    )
     tmp.replace(path)
 
 
@@ -344,19 +401,22 @@ def summarize(
     for i, r in enumerate(records.resolutions):
         c1, c5 = records.correct(r), records.correct(r, 5)
         t1 = 100.0 * c1.mean() if n else float("nan")
-        rows.append({
-            "resolution": r,
-            "n": n,
-            "top1": t1,
-            "top1_ci": list(wilson(int(c1.sum()), n)),
-            "top5": 100.0 * c5.mean() if n else float("nan"),
-            "acc_drop_pct": 100.0 * ref.mean() - t1 if n else float("nan"),
-            "acc_drop_ci": list(paired_drop_ci(ref, c1)),
-            "macs": by_res[r]["macs"],
-            "flops": by_res[r]["flops"],
-            "params": by_res[r]["params"],
-            "flops_drop_pct": by_res[r]["flops_drop_pct"],
-            "images_per_s": (n / fwd_seconds[i]) if fwd_seconds is not None and fwd_seconds[i] > 0
-            else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "resolution": r,
+                "n": n,
+                "top1": t1,
+                "top1_ci": list(wilson(int(c1.sum()), n)),
+                "top5": 100.0 * c5.mean() if n else float("nan"),
+                "acc_drop_pct": 100.0 * ref.mean() - t1 if n else float("nan"),
+                "acc_drop_ci": list(paired_drop_ci(ref, c1)),
+                "macs": by_res[r]["macs"],
+                "flops": by_res[r]["flops"],
+                "params": by_res[r]["params"],
+                "flops_drop_pct": by_res[r]["flops_drop_pct"],
+                "images_per_s": (n / fwd_seconds[i])
+                if fwd_seconds is not None and fwd_seconds[i] > 0
+                else None,
+            }
+        )
     return rows

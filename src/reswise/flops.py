@@ -43,8 +43,10 @@ class FlopAnalysis:
             ) from None
         finally:
             self.model.train(was_training)
-        return {m: {str(op).split(".")[-1]: int(n) for op, n in ops.items()}
-                for m, ops in fc.get_flop_counts().items()}  # fmt: skip
+        return {
+            m: {str(op).split(".")[-1]: int(n) for op, n in ops.items()}
+            for m, ops in fc.get_flop_counts().items()
+        }
 
     def total(self) -> int:
         return sum(self._counts.get("Global", {}).values())

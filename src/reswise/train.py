@@ -87,15 +87,18 @@ def train(
 ) -> dict[str, Any]:
     """Train ``lm.model`` in place; resume from ``out.state`` when it exists with the same config."""
     if not isinstance(train_data, TensorImages):
-        raise ReswiseError("training needs same-size images held in memory (e.g. cifar10-jpeg/train)")
+        raise ReswiseError(
+            "training needs same-size images held in memory (e.g. cifar10-jpeg/train)"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_suffix(out.suffix + ".state")
     model = lm.model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                          momentum=cfg.momentum, nesterov=True)  # fmt: skip
+    opt = torch.optim.SGD(
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True
+    )
     n = len(train_data)
     steps_per_epoch = n // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
@@ -136,8 +139,13 @@ def train(
             loss = 0.0
             opt.zero_grad(set_to_none=True)
             for r in res_cycle:
-                x = xb if r == xb.shape[-1] else F.interpolate(
-                    xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
+                x = (
+                    xb
+                    if r == xb.shape[-1]
+                    else F.interpolate(
+                        xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False
+                    )
+                )
                 x = to_input(x, scale_shift, channels_last=True)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = model(x)
@@ -161,10 +169,19 @@ def train(
         history.append(rec)
         log(json.dumps(rec))
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": g.get_state(),
-                    "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "wall_s": wall,
-                    "config": json.dumps(asdict(cfg), sort_keys=True),
-                    "history": json.dumps(history)}, tmp)  # fmt: skip
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "gen": g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "wall_s": wall,
+                "config": json.dumps(asdict(cfg), sort_keys=True),
+                "history": json.dumps(history),
+            },
+            tmp,
+        )
         tmp.replace(state_path)
     model.eval()
     torch.save(model.state_dict(), out)

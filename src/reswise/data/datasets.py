@@ -27,14 +27,24 @@ DATASETS = ("cifar10", "imagefolder", "imagenet")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the archive's published checksum
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("RESWISE_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
-    ) / "reswise"
+    base = (
+        os.environ.get("RESWISE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise"
+    )
     return Path(base)
 
 
@@ -96,7 +106,9 @@ def decode_image(path: str) -> torch.Tensor:
 def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]:
     root = Path(root)
     if not root.is_dir():
-        raise ReswiseError(f"data root {root} is not a folder; pass --data-root DIR with DIR/<class>/*")
+        raise ReswiseError(
+            f"data root {root} is not a folder; pass --data-root DIR with DIR/<class>/*"
+        )
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ReswiseError(f"data root {root} has no class folders; expected DIR/<class>/<image>")
@@ -281,9 +293,12 @@ def _download_cifar10(root: Path) -> None:
 
 
 def load_cifar10(
-    root: str | Path, split: str = "test", limit: int | None = None, download: bool = True,
+    root: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    download: bool = True,
     seed: int = 0,
-) -> TensorImages:  # fmt: skip
+) -> TensorImages:
     """The official python-version CIFAR-10 (``cifar-10-batches-py``), downloaded when absent."""
     root = Path(root)
     base = root if (root / "batches.meta").exists() else root / "cifar-10-batches-py"

@@ -39,12 +39,14 @@ class ResizePolicy:
             raise ReswiseError(f"--crop-pct must be in (0.05, 1], got {self.crop_pct}")
 
     def describe(self) -> str:
-        aa = " + antialias" if self.antialias and self.interpolation in ("bilinear", "bicubic") else ""
+        aa = (
+            " + antialias"
+            if self.antialias and self.interpolation in ("bilinear", "bicubic")
+            else ""
+        )
         if self.kind == "full":
             return f"whole image resized to r x r ({self.interpolation}{aa})"
-        return (
-            f"short side to round(r / {self.crop_pct}), centre crop r x r ({self.interpolation}{aa})"
-        )
+        return f"short side to round(r / {self.crop_pct}), centre crop r x r ({self.interpolation}{aa})"
 
     def _interp(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == size:

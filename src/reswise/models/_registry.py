@@ -22,6 +22,7 @@ from ..errors import ReswiseError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # weights reswise trained
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -69,7 +70,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, ModelInfo] = {}
 
 
-def register_model(info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    info: ModelInfo,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if info.name in _BUILDERS:
             raise ValueError(f"model '{info.name}' is registered twice")
@@ -98,12 +101,12 @@ def model_info(name: str) -> ModelInfo:
 
 
 def weights_roots() -> list[Path]:
-    """Where weight files are looked for, in order: $RESWISE_WEIGHTS, the project, ../shared, cache."""
+    """Where weight files are looked for: $RESWISE_WEIGHTS, the package, ../shared, the cache."""
     roots = []
     if os.environ.get("RESWISE_WEIGHTS"):
         roots.append(Path(os.environ["RESWISE_WEIGHTS"]))
     roots += [
-        PROJECT_ROOT / "weights",
+        PACKAGE_WEIGHTS,
         PROJECT_ROOT.parent / "shared" / "weights",
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise" / "weights",
     ]
@@ -162,7 +165,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ReswiseError(f"checkpoint {path} holds no state_dict of tensors; save model.state_dict()")
+        raise ReswiseError(
+            f"checkpoint {path} holds no state_dict of tensors; save model.state_dict()"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -91,8 +91,23 @@ _SHAS = {
 }
 
 
+# Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (model cards beside the files).
+_RESWISE = {
+    20: Weights(
+        tag="reswise_jpeg",
+        filename="cifar_resnet20-b7e33cc6.pt",
+        sha256="b7e33cc6754f2c05e5bd3c64ee408b984bd275a0bd62d29761cdaa51d90a47cf",
+        subdir="cifar10-jpeg",
+        dataset="CIFAR-10 (JPEG copy)",
+        top1=88.95,
+        notes="he2016 weights fine-tuned 10 epochs on cifar10-jpeg/train; card: cifar_resnet20.md",
+    ),
+}
+
+
 def _register(depth: int) -> None:
-    weights = (_he2016(depth, *_SHAS[depth]),) if depth in _SHAS else ()
+    weights = tuple(w for w in (_RESWISE.get(depth),) if w)
+    weights += (_he2016(depth, *_SHAS[depth]),) if depth in _SHAS else ()
     info = ModelInfo(
         name=f"cifar_resnet{depth}",
         family="cifar_resnet",

@@ -28,9 +28,13 @@ _TORCHVISION = {
 
 def _register_torchvision(name: str, min_size: int) -> None:
     info = ModelInfo(
-        name=name, family="torchvision", task="imagenet", input_size=224, num_classes=1000,
+        name=name,
+        family="torchvision",
+        task="imagenet",
+        input_size=224,
+        num_classes=1000,
         min_size=min_size,
-    )  # fmt: skip
+    )
 
     @register_model(info)
     def build(pretrained: bool = False, num_classes: int = 1000) -> nn.Module:

@@ -1,0 +1,7 @@
+"""`python -m reswise` (and `torchrun -m reswise`) runs the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Choose one fixed resolution: the cheapest whose accuracy drop is bounded on calibration images.
+
+The bound is one-sided at ``confidence``: the paired bootstrap by default (``method="bootstrap"``)
+or the exact McNemar / Clopper-Pearson bound (``method="exact"``, the CLI's ``--test exact``).
+The figures reported come from the held-out images, which played no part in the choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ReswiseError
+from ..evaluate import Records
+from ..stats import drop_summary, mcnemar_upper, paired_bootstrap_upper
+from .split import calib_heldout_split, check_inputs, flops_drop_pct
+
+METHODS = ("bootstrap", "exact")
+EPS = 1e-9  # a bound equal to the budget up to float noise qualifies
+
+
+def upper_bound(ref: Any, new: Any, confidence: float, method: str, seed: int = 0) -> float:
+    if method == "bootstrap":
+        return paired_bootstrap_upper(ref, new, confidence, seed=seed)
+    if method == "exact":
+        return mcnemar_upper(ref, new, confidence)
+    raise ReswiseError(f"unknown test '{method}'; use bootstrap or exact")
+
+
+def select_resolution(
+    records: Records,
+    flops: dict[int, int],
+    reference: int,
+    max_drop: float,
+    confidence: float = 0.95,
+    calib_frac: float = 0.5,
+    seed: int = 0,
+    method: str = "bootstrap",
+) -> dict[str, Any]:
+    """Smallest-FLOPs resolution whose calibration drop upper bound is <= ``max_drop`` points."""
+    check_inputs(records, flops, reference)
+    if method not in METHODS:
+        raise ReswiseError(f"unknown test '{method}'; use bootstrap or exact")
+    if max_drop < 0:
+        raise ReswiseError(f"--max-drop must be >= 0 points, got {max_drop}")
+    calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
+    ref_c = records.correct(reference)
+    candidates = []
+    for r in records.resolutions:
+        c = records.correct(r)
+        # the reference compared with itself has a drop of exactly 0: it always qualifies
+        ub = (
+            0.0 if r == reference else upper_bound(ref_c[calib], c[calib], confidence, method, seed)
+        )
+        s = drop_summary(ref_c[calib], c[calib])
+        candidates.append(
+            {
+                "resolution": int(r),
+                "flops": int(flops[r]),
+                "flops_drop_pct": flops_drop_pct(flops[r], flops, reference),
+                "calib_top1": s["top1"],
+                "calib_drop_pct": s["acc_drop_pct"],
+                "calib_upper_bound": float(ub),
+                "qualifies": bool(ub <= max_drop + EPS),
+            }
+        )
+    # ties in FLOPs go to the better calibration accuracy, then the larger resolution
+    ok = [c for c in candidates if c["qualifies"]]
+    best = min(ok, key=lambda c: (c["flops"], -c["calib_top1"], -c["resolution"]))
+    r = best["resolution"]
+    out: dict[str, Any] = {
+        "resolution": r,
+        "reference": int(reference),
+        "max_drop": float(max_drop),
+        "confidence": float(confidence),
+        "method": method,
+        "flops": best["flops"],
+        "flops_drop_pct": best["flops_drop_pct"],
+        "calib_drop_pct": best["calib_drop_pct"],
+        "calib_upper_bound": best["calib_upper_bound"],
+        "n_calib": int(len(calib)),
+        "n_heldout": int(len(held)),
+    }
+    out.update(drop_summary(ref_c[held], records.correct(r)[held]))
+    del out["n"]
+    out["candidates"] = candidates
+    return out

@@ -1,0 +1,130 @@
+"""Registry, weights and checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reswise import ReswiseError, create_model, list_models, model_info
+from reswise.models.cifar_resnet import CifarResNet
+
+from .conftest import R56, needs_shared
+
+
+def test_registry_lists_required_names():
+    names = list_models()
+    for n in [
+        "cifar_resnet20",
+        "cifar_resnet32",
+        "cifar_resnet44",
+        "cifar_resnet56",
+        "cifar_resnet110",
+        "resnet18",
+        "resnet50",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "mnasnet1_0",
+        "efficientnet_lite0",
+    ]:
+        assert n in names
+    assert list_models("cifar_resnet*") == sorted(n for n in names if n.startswith("cifar_resnet"))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ReswiseError, match="unknown model 'resnet9000'.*cifar_resnet20"):
+        model_info("resnet9000")
+
+
+@pytest.mark.parametrize("depth,params", [(20, 0.27e6), (56, 0.85e6), (110, 1.7e6)])
+def test_cifar_resnet_param_counts_match_he2016(depth, params):
+    n = sum(p.numel() for p in CifarResNet(depth).parameters())
+    assert abs(n - params) / params < 0.03
+
+
+def test_option_a_shortcut_pads_channels_and_subsamples():
+    m = CifarResNet(20).eval()
+    block = m.layer2[0]
+    x = torch.randn(1, 16, 8, 8)
+    s = block.shortcut(x)
+    assert s.shape == (1, 32, 4, 4)
+    assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2]) and s[:, :8].abs().sum() == 0
+
+
+@needs_shared
+def test_shared_checkpoint_loads_and_is_hash_checked():
+    lm = create_model("cifar_resnet56", pretrained=True)
+    assert lm.weights == "cifar_resnet56.he2016"
+    assert lm.info.mean == (0.485, 0.456, 0.406)
+    lm2 = create_model("cifar_resnet56", checkpoint=R56)
+    for (k, a), b in zip(lm.model.state_dict().items(), lm2.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_wrong_sha256_is_refused(tmp_path, monkeypatch):
+    from reswise.models._registry import Weights, resolve_weights
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "x.pt").write_bytes(b"not the weights")
+    monkeypatch.setenv("RESWISE_WEIGHTS", str(tmp_path))
+    w = Weights(tag="t", filename="x.pt", subdir="w", sha256="0" * 64)
+    with pytest.raises(ReswiseError, match="sha256"):
+        resolve_weights(w)
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
+    sd = CifarResNet(20).state_dict()
+    path = tmp_path / "r20.pt"
+    torch.save(sd, path)
+    with pytest.raises(ReswiseError, match=r"missing \d+ keys \(e\.g\. layer1\.3"):
+        create_model("cifar_resnet32", checkpoint=path)
+    sd2 = dict(sd)
+    sd2["linear.weight"] = torch.zeros(100, 64)
+    torch.save(sd2, path)
+    with pytest.raises(ReswiseError, match=r"shape mismatches.*linear\.weight.*\(100, 64\)"):
+        create_model("cifar_resnet20", checkpoint=path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "evil": Evil()}, path)
+    with pytest.raises(ReswiseError, match="cannot be read safely"):
+        create_model("cifar_resnet20", checkpoint=path)
+
+
+def test_module_prefix_and_wrappers_are_unwrapped(tmp_path):
+    m = CifarResNet(20)
+    path = tmp_path / "dp.th"
+    torch.save(
+        {"best_prec1": 1.0, "state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}},
+        path,
+    )
+    lm = create_model("cifar_resnet20", checkpoint=path)
+    assert torch.equal(lm.model.linear.weight, m.linear.weight)
+
+
+def test_efficientnet_lite0_uses_exact_same_padding_at_every_size():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    lm = create_model("efficientnet_lite0")
+    assert lm.info.mean == (0.5, 0.5, 0.5) and lm.info.std == (0.5, 0.5, 0.5)
+    static = EfficientNet.from_name("efficientnet-lite0").eval()
+    static.load_state_dict(lm.model.state_dict())
+    with torch.no_grad():
+        x = torch.randn(1, 3, 224, 224)
+        assert torch.allclose(lm.model(x), static(x), atol=1e-5)  # identical where static is right
+        y = lm.model(torch.randn(1, 3, 196, 196))
+    assert y.shape == (1, 1000)
+
+
+def test_timm_prefix_models_carry_their_preprocessing():
+    pytest.importorskip("timm")
+    info = model_info("timm:resnet18")
+    assert info.input_size == 224 and info.task == "imagenet"
+    with pytest.raises(ReswiseError, match="timm has no model"):
+        model_info("timm:not_a_model_xyz")
