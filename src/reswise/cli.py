@@ -29,10 +29,10 @@ def command(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
 
 
 # ---------------------------------------------------------------- argument groups
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", required=True, help="registry name (see `reswise models`) or timm:<name>"
+        "--model", required=required, help="registry name (see `reswise models`) or timm:<name>"
     )
     g.add_argument("--checkpoint", help="state_dict file to load (weights_only=True)")
     g.add_argument(
@@ -47,9 +47,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-init", action="store_true", help="evaluate untrained weights")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="cifar10 | imagefolder | imagenet")
+    g.add_argument("--dataset", required=required, help="cifar10 | imagefolder | imagenet")
     g.add_argument("--data-root", help="dataset folder (cifar10: downloaded there when absent)")
     g.add_argument("--split", default="test", help="cifar10 split: test | train")
     g.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
@@ -114,15 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_res_args(p)
     add_run_args(p)
+    add_bn_args(p)
     add_json(p)
 
     p = sub.add_parser("random", help="random resolution per image (from a sweep's records)")
-    add_model_args(p)
-    add_data_args(p)
-    add_res_args(p)
-    add_run_args(p)
+    add_records_source(p)
     p.add_argument("--weights", help="probabilities per resolution, e.g. 0.5,0.25,0.25")
-    p.add_argument("--from", dest="from_run", help="reuse a finished sweep's run directory")
+
+    p = sub.add_parser("select", help="cheapest resolution within an accuracy budget, with a bound")
+    add_records_source(p)
+    add_budget_args(p)
+    p.add_argument("--test", default="bootstrap", choices=["bootstrap", "exact"],
+                   help="paired bootstrap (default) or exact McNemar/Clopper-Pearson bound")  # fmt: skip
+
+    p = sub.add_parser("cascade", help="confidence cascade of resolutions under a budget")
+    add_records_source(p)
+    add_budget_args(p)
+    p.add_argument("--signal", default="auto", choices=["auto", "max_softmax", "margin", "entropy"])
+    p.add_argument("--max-len", type=int, default=3, help="longest chain searched")
+
+    p = sub.add_parser("compare", help="fixed, random, selected, BN-recalibrated, cascade, oracle")
+    add_records_source(p)
+    add_budget_args(p)
+    p.add_argument("--max-len", type=int, default=3)
+
+    p = sub.add_parser("recalibrate", help="save a checkpoint with BN statistics per resolution")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--calib-root", required=True, help="unlabeled images (not the eval set)")
+    p.add_argument("--calib-size", type=int, default=2000)
+    p.add_argument("--interpolation")
+    p.add_argument("--no-antialias", action="store_true")
+    p.add_argument("--crop-pct", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint file to write")
     add_json(p)
 
     p = sub.add_parser("train", help="train or fine-tune a CIFAR-size model (resumable)")
@@ -146,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def add_records_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--from", dest="from_run", help="a finished sweep's run directory (no model pass)"
+    )
+    add_model_args(p, required=False)
+    add_data_args(p, required=False)
+    add_res_args(p, required=False)
+    add_run_args(p)
+    add_bn_args(p)
+    add_json(p)
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points you accept to lose")
+    p.add_argument("--confidence", type=float, default=0.95, help="one-sided, for the bound")
+    p.add_argument("--calib-frac", type=float, default=0.5, help="share of images used to choose")
 
 
 # ---------------------------------------------------------------- shared loading
@@ -203,29 +246,95 @@ def default_out(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{args.model.replace(':', '_')}_{data}"
 
 
-def run_sweep(args: argparse.Namespace) -> tuple[Any, Any]:
+def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The sweep behind sweep/random/select/cascade/compare, with optional BN recalibration."""
+    import numpy as np
+
+    from . import distributed
+    from .bn_recal import load_bn_states, recalibrate_all
     from .data import parse_resolutions
+    from .evaluate import summarize
+    from .flops import flops_table
 
     res = parse_resolutions(args.resolutions)
     lm = load_model(args)
     data = load_data(args)
     out = default_out(args)
     out.mkdir(parents=True, exist_ok=True)
-    from . import distributed
-
-    result = distributed.sweep(
-        lm,
-        data,
-        res,
-        args.reference,
-        policy=policy_for(args, lm.info),
-        batch_size=args.batch_size,
-        fast=not args.no_fast,
-        device=args.device,
-        progress=not args.no_progress,
-        checkpoint_path=out / "progress.npz",
-    )
+    policy = policy_for(args, lm.info)
+    # a checkpoint written by `reswise recalibrate` carries BN statistics per resolution
+    ckpt_bn = load_bn_states(lm.extra.get("extra_state", {}))
+    if ckpt_bn:
+        lm.weights += f" + per-resolution BN statistics for {sorted(ckpt_bn)}"
+    kw = dict(policy=policy, batch_size=args.batch_size, fast=not args.no_fast,
+              device=args.device, progress=not args.no_progress)  # fmt: skip
+    result = distributed.sweep(lm, data, res, args.reference, bn_states=ckpt_bn or None,
+                               checkpoint_path=out / "progress.npz", **kw)  # fmt: skip
+    if getattr(args, "recalibrate_bn", False):
+        calib = load_calib(args)
+        all_res = list(dict.fromkeys([args.reference or max(res), *res]))
+        states = recalibrate_all(lm.model, calib, all_res, policy, lm.info.mean, lm.info.std,
+                                 args.calib_size, seed=args.seed)  # fmt: skip
+        bn = distributed.sweep(lm, data, res, args.reference, bn_states=states,
+                               checkpoint_path=out / "progress_bn.npz", **kw)  # fmt: skip
+        if result is not None and bn is not None:
+            flops = flops_table(lm.model, bn.records.resolutions, bn.reference)
+            fwd = np.array(bn.timings["forward_s_by_res"])
+            ref_plain = result.records.correct(result.reference)
+            result.bn = {
+                "records": bn.records, "calib_root": str(args.calib_root),
+                "calib_size": min(args.calib_size or len(calib), len(calib)),
+                "rows": summarize(bn.records, bn.reference, flops, fwd, ref_correct=ref_plain),
+            }  # fmt: skip
     return result, out
+
+
+def load_calib(args: argparse.Namespace) -> Any:
+    """Unlabeled BN-calibration images: never the evaluation images."""
+    from .data import load_dataset
+
+    if not args.calib_root:
+        raise ReswiseError(
+            "--recalibrate-bn needs --calib-root DIR (unlabeled images, e.g. a train split)"
+        )
+    if args.data_root and Path(args.calib_root).resolve() == Path(args.data_root).resolve():
+        raise ReswiseError(
+            "--calib-root is the evaluation set; BN statistics must come from other images (e.g. the train split)"
+        )
+    if args.calib_size is not None and args.calib_size <= 0:
+        raise ReswiseError(f"--calib-size must be positive, got {args.calib_size}")
+    return load_dataset("imagefolder", args.calib_root, on_corrupt="skip")
+
+
+def add_bn_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("BatchNorm recalibration")
+    g.add_argument("--recalibrate-bn", action="store_true",
+                   help="also evaluate with BN statistics re-estimated per resolution")  # fmt: skip
+    g.add_argument("--calib-root", help="unlabeled images for BN statistics (not the eval set)")
+    g.add_argument("--calib-size", type=int, default=2000, help="images used (default 2000)")
+
+
+def get_records(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-sample records from a finished run (--from) or from a fresh sweep."""
+    from .report import load_run, load_run_bn, write_run
+
+    if getattr(args, "from_run", None):
+        meta, records = load_run(args.from_run)
+        return {"model": meta["model"], "dataset": meta["dataset"], "reference": meta["reference"],
+                "flops": {r["resolution"]: r["flops"] for r in meta["rows"]}, "records": records,
+                "records_bn": load_run_bn(args.from_run), "out": Path(args.from_run),
+                "n": meta["n"], "weights": meta["weights"]}  # fmt: skip
+    for need in ("model", "dataset", "resolutions"):
+        if not getattr(args, need, None):
+            raise ReswiseError(f"give --from RUN_DIR, or --{need} (and the other sweep flags)")
+    result, out = run_sweep(args)
+    if result is None:
+        return {}
+    write_run(result, out)
+    return {"model": result.model, "dataset": result.dataset, "reference": result.reference,
+            "flops": {r["resolution"]: r["flops"] for r in result.rows},
+            "records": result.records, "records_bn": result.bn["records"] if result.bn else None,
+            "out": out, "n": result.n, "weights": result.weights}  # fmt: skip
 
 
 # ---------------------------------------------------------------- commands
@@ -300,6 +409,10 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print(conditions(result))
         print(seed_table(result.rows))
+        if result.bn:
+            print(f"with BN statistics re-estimated per resolution on {result.bn['calib_size']} "
+                  f"images of {result.bn['calib_root']}:")  # fmt: skip
+            print(seed_table(result.bn["rows"]))
         t = result.timings
         print(
             f"{t['total_s']:.1f} s in all, {t['forward_s']:.1f} s in resize + forward "
@@ -310,11 +423,27 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     return d
 
 
+def _pct(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _subset_resolutions(src: dict[str, Any], wanted_text: str | None) -> list[int]:
+    from .data import parse_resolutions
+
+    have = src["records"].resolutions
+    if not wanted_text:
+        return have
+    wanted = parse_resolutions(wanted_text)
+    missing = [r for r in wanted if r not in have]
+    if missing:
+        raise ReswiseError(f"resolution {missing[0]} is not in the sweep's records ({have}); "
+                           "rerun the sweep with it")  # fmt: skip
+    return wanted
+
+
 @command("random")
 def cmd_random(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import parse_resolutions
-    from .policies.random_res import random_resolution
-    from .report import load_run
+    from .policies import random_resolution
 
     weights = None
     if args.weights:
@@ -324,39 +453,124 @@ def cmd_random(args: argparse.Namespace) -> dict[str, Any]:
             raise ReswiseError(
                 f"--weights must be comma-separated numbers, got '{args.weights}'"
             ) from None
-    if args.from_run:
-        meta, records = load_run(args.from_run)
-        reference = meta["reference"]
-        flops = {r["resolution"]: r["flops"] for r in meta["rows"]}
-        model, dataset = meta["model"], meta["dataset"]
-    else:
-        result, out = run_sweep(args)
-        if result is None:
-            return {}
-        from .report import write_run
-
-        write_run(result, out)
-        records, reference = result.records, result.reference
-        flops = {r["resolution"]: r["flops"] for r in result.rows}
-        model, dataset = result.model, result.dataset
-    wanted = parse_resolutions(args.resolutions)
-    missing = [r for r in wanted if r not in records.resolutions]
-    if missing:
-        raise ReswiseError(
-            f"resolution {missing[0]} is not in the sweep's records "
-            f"({records.resolutions}); rerun the sweep with it"
-        )
-    out = random_resolution(
-        records, flops, reference, seed=args.seed, weights=weights, choices=wanted
-    )
-    out.update({"model": model, "dataset": dataset, "reference": reference, "seed": args.seed})
+    src = get_records(args)
+    if not src:
+        return {}
+    wanted = _subset_resolutions(src, args.resolutions)
+    out = random_resolution(src["records"], src["flops"], src["reference"], seed=args.seed,
+                            weights=weights, choices=wanted)  # fmt: skip
+    out.update({k: src[k] for k in ("model", "dataset", "reference")})
     if not args.json:
-        print(
-            f"random resolution from {wanted} (seed {args.seed}) on {model} / {dataset}, "
-            f"n={out['n']}: FLOPs drop {out['flops_drop_pct']:.2f} %, accuracy drop "
-            f"{out['acc_drop_pct']:.2f} points (95% CI {out['acc_drop_ci'][0]:.2f} .. "
-            f"{out['acc_drop_ci'][1]:.2f})"
-        )
+        lo, hi = out["acc_drop_ci"]
+        print(f"random resolution from {wanted} (seed {args.seed}) on {src['model']} / "
+              f"{src['dataset']}, n={out['n']}: FLOPs drop {_pct(out['flops_drop_pct'])} %, "
+              f"accuracy drop {_pct(out['acc_drop_pct'])} points (95% CI {lo:.2f} .. {hi:.2f})")  # fmt: skip
+    return out
+
+
+@command("select")
+def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import best_of
+    from .policies import calib_heldout_split, select_resolution
+
+    src = get_records(args)
+    if not src:
+        return {}
+    records = src["records"]
+    if src["records_bn"] is not None:  # recalibrated passes only where they win on calibration
+        calib, _ = calib_heldout_split(len(records.labels), args.calib_frac, args.seed)
+        records, _ = best_of(records, src["records_bn"], calib, src["reference"])
+    out = select_resolution(records, src["flops"], src["reference"], args.max_drop,
+                            args.confidence, args.calib_frac, args.seed, args.test)  # fmt: skip
+    out.update({k: src[k] for k in ("model", "dataset")})
+    if not args.json:
+        lo, hi = out["acc_drop_ci"]
+        r = out["resolution"]
+        print(f"selected {r}x{r} for {src['model']}: FLOPs drop {_pct(out['flops_drop_pct'])} %, "
+              f"held-out accuracy drop {_pct(out['acc_drop_pct'])} points (95% CI {lo:.2f} .. "
+              f"{hi:.2f}); calibration bound {_pct(out['calib_upper_bound'])} <= {args.max_drop} "
+              f"at {args.confidence:.0%} ({args.test}); {out['n_calib']} calibration / "
+              f"{out['n_heldout']} held-out images")  # fmt: skip
+    return out
+
+
+@command("cascade")
+def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import best_of
+    from .policies import calib_heldout_split, search_cascade
+
+    src = get_records(args)
+    if not src:
+        return {}
+    records = src["records"]
+    if src["records_bn"] is not None:
+        calib, _ = calib_heldout_split(len(records.labels), args.calib_frac, args.seed)
+        records, _ = best_of(records, src["records_bn"], calib, src["reference"])
+    out = search_cascade(records, src["flops"], src["reference"], args.max_drop, args.confidence,
+                         args.signal, args.calib_frac, args.seed, args.max_len)  # fmt: skip
+    out.update({k: src[k] for k in ("model", "dataset")})
+    if not args.json:
+        lo, hi = out["acc_drop_ci"]
+        shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(out["chain"], out["stage_share_pct"]))
+        print(f"cascade {out['chain']} on {out['signal']} (thresholds "
+              f"{[round(t, 4) for t in out['thresholds']]}) for {src['model']}: expected FLOPs "
+              f"drop {_pct(out['flops_drop_pct'])} %, held-out accuracy drop "
+              f"{_pct(out['acc_drop_pct'])} points (95% CI {lo:.2f} .. {hi:.2f}); answered at "
+              f"{shares}")  # fmt: skip
+    return out
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import compare, compare_plot, compare_table
+
+    src = get_records(args)
+    if not src:
+        return {}
+    out = compare(src["records"], src["flops"], src["reference"], args.max_drop, args.confidence,
+                  args.calib_frac, args.seed, src["records_bn"], args.max_len)  # fmt: skip
+    out.update({k: src[k] for k in ("model", "dataset", "weights")})
+    table = compare_table(out["rows"])
+    run = Path(src["out"])
+    head = (f"# reswise compare: {src['model']}\n\nWeights {src['weights']}, data "
+            f"`{src['dataset']}`, reference {src['reference']}x{src['reference']}. Policies choose "
+            f"on {out['n_calib']} calibration images; every figure below is measured on the other "
+            f"{out['n_heldout']} (held-out) images, seed {args.seed}. Budget: at most "
+            f"{args.max_drop} point(s) of top-1 at {args.confidence:.0%} one-sided confidence. "
+            f"CIs are paired 95% intervals of the held-out drop.\n\n")  # fmt: skip
+    (run / "compare.md").write_text(head + table + "\n\n![compare](compare.png)\n")
+    (run / "compare.json").write_text(json.dumps(out, indent=1, default=_jsonable) + "\n")
+    compare_plot(
+        out["rows"], run / "compare.png", f"{src['model']}: held-out, n={out['n_heldout']}"
+    )
+    if not args.json:
+        print(head + table)
+        print(f"\nwritten: {run / 'compare.md'}, {run / 'compare.png'}")
+    return out
+
+
+@command("recalibrate")
+def cmd_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from .bn_recal import recalibrate_all, save_bn_checkpoint
+    from .data import ResizePolicy, load_dataset, parse_resolutions
+
+    res = parse_resolutions(args.resolutions)
+    lm = load_model(args)
+    kind = "crop" if lm.info.task == "imagenet" else "full"
+    policy = ResizePolicy(kind, args.crop_pct or lm.info.crop_pct,
+                          args.interpolation or lm.info.interpolation, not args.no_antialias)  # fmt: skip
+    calib = load_dataset("imagefolder", args.calib_root)
+    states = recalibrate_all(lm.model, calib, res, policy, lm.info.mean, lm.info.std,
+                             args.calib_size, seed=args.seed)  # fmt: skip
+    save_bn_checkpoint(lm.model, states, args.out)
+    from .models._registry import sha256_file
+
+    out = {"model": lm.info.name, "weights": lm.weights, "resolutions": res, "out": args.out,
+           "calib_root": args.calib_root, "calib_size": min(args.calib_size, len(calib)),
+           "sha256": sha256_file(args.out)}  # fmt: skip
+    if not args.json:
+        print(f"wrote {args.out}: {lm.info.name} with BN statistics for {res} from "
+              f"{out['calib_size']} images of {args.calib_root}")  # fmt: skip
     return out
 
 
@@ -399,6 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("reswise: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from .distributed import shutdown
+
+            shutdown()
     if getattr(args, "json", False) and result:
         print(json.dumps(result, default=_jsonable))
     return 0

@@ -107,4 +107,9 @@ def sweep(
         return part
     finally:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Called once at the end of a torchrun process (a sweep may run twice, e.g. with BN recal)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -113,6 +113,7 @@ class SweepResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     fast_path: str = ""
+    bn: dict[str, Any] | None = None  # BN-recalibrated pass: records, rows, calibration facts
 
     @property
     def n(self) -> int:
@@ -131,6 +132,11 @@ class SweepResult:
             "fast_path": self.fast_path,
             "timings": self.timings,
             "rows": self.rows,
+            **(
+                {"bn_recalibration": {k: v for k, v in self.bn.items() if k != "records"}}
+                if self.bn
+                else {}
+            ),
         }
 
 
@@ -392,10 +398,15 @@ def summarize(
     reference: int,
     flops: list[dict[str, Any]],
     fwd_seconds: np.ndarray | None = None,
+    ref_correct: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Flat rows: top-1/top-5 with Wilson CIs, accuracy drop with a paired CI, MACs, FLOPs drop."""
+    """Flat rows: top-1/top-5 with Wilson CIs, accuracy drop with a paired CI, MACs, FLOPs drop.
+
+    ``ref_correct`` overrides the reference's per-sample correctness (e.g. drops of a
+    BN-recalibrated pass measured against the model as shipped).
+    """
     n = len(records.labels)
-    ref = records.correct(reference)
+    ref = records.correct(reference) if ref_correct is None else ref_correct
     by_res = {f["resolution"]: f for f in flops}
     rows = []
     for i, r in enumerate(records.resolutions):

@@ -140,12 +140,20 @@ def write_run(result: SweepResult, out: str | Path) -> dict[str, str]:
         w.writeheader()
         w.writerows(flat_rows(result))
     result.records.save(files["records"])
-    pts = [(r["flops_drop_pct"], r["acc_drop_pct"], str(r["resolution"])) for r in result.rows]
-    plot({"fixed resolution": pts}, files["plot"], f"{result.model} on {Path(result.dataset).name}")
-    files["report"].write_text(
-        f"# reswise sweep: {result.model}\n\n{conditions(result)}\n\n{seed_table(result.rows)}\n\n"
-        f"![accuracy vs FLOPs]({files['plot'].name})\n"
-    )
+    series = {"fixed resolution": [(r["flops_drop_pct"], r["acc_drop_pct"], str(r["resolution"]))
+                                   for r in result.rows]}  # fmt: skip
+    text = f"# reswise sweep: {result.model}\n\n{conditions(result)}\n\n{seed_table(result.rows)}\n"
+    if result.bn:
+        files["records_bn"] = out / "records_bn.npz"
+        result.bn["records"].save(files["records_bn"])
+        series["BN recalibrated"] = [(r["flops_drop_pct"], r["acc_drop_pct"], "")
+                                     for r in result.bn["rows"]]  # fmt: skip
+        text += (f"\nWith BatchNorm statistics re-estimated per resolution on "
+                 f"{result.bn['calib_size']} unlabeled images of `{result.bn['calib_root']}` "
+                 f"(drops against the un-recalibrated reference):\n\n"
+                 f"{seed_table(result.bn['rows'])}\n")  # fmt: skip
+    plot(series, files["plot"], f"{result.model} on {Path(result.dataset).name}")
+    files["report"].write_text(text + f"\n![accuracy vs FLOPs]({files['plot'].name})\n")
     return {k: str(v) for k, v in files.items()}
 
 
@@ -165,3 +173,9 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Records]:
     except json.JSONDecodeError:
         raise ReswiseError(f"{meta_path} is not valid JSON; rerun the sweep") from None
     return meta, Records.load(rec_path)
+
+
+def load_run_bn(run_dir: str | Path) -> Records | None:
+    """The BN-recalibrated records of a sweep run with --recalibrate-bn, if any."""
+    p = Path(run_dir) / "records_bn.npz"
+    return Records.load(p) if p.is_file() else None
