@@ -241,3 +241,71 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.startswith("reswise: error:")
+
+
+@pytest.fixture
+def run_dir(capsys, tmp_path, ckpt):
+    root = make_imagefolder(tmp_path / "d", n_per_class=20)
+    calib = make_imagefolder(tmp_path / "c", n_per_class=5, seed=7)
+    out = tmp_path / "run"
+    assert main(["sweep", "--model", "cifar_resnet20", "--checkpoint", str(ckpt), "--dataset",
+                 "imagefolder", "--data-root", str(root), "--resolutions", "32,24,16", "--out",
+                 str(out), "--no-progress", "--json", "--recalibrate-bn", "--calib-root",
+                 str(calib), "--calib-size", "12"]) == 0  # fmt: skip
+    d = json.loads(capsys.readouterr().out)
+    assert d["bn_recalibration"]["calib_size"] == 12 and len(d["bn_recalibration"]["rows"]) == 3
+    assert (out / "records_bn.npz").is_file()
+    return out
+
+
+def test_select_cascade_compare_from_a_finished_run(capsys, run_dir):
+    sel = run_json(capsys, ["select", "--from", str(run_dir), "--max-drop", "100", "--json"])
+    assert sel["resolution"] == 16 and sel["flops_drop_pct"] == pytest.approx(75, abs=0.1)
+    assert {"acc_drop_pct", "acc_drop_ci", "n_calib", "n_heldout"} <= set(sel)
+    sel0 = run_json(capsys, ["select", "--from", str(run_dir), "--max-drop", "0", "--test",
+                             "exact", "--json"])  # fmt: skip
+    assert sel0["resolution"] in (32, 24, 16) and sel0["calib_upper_bound"] <= 0 + 1e-9
+    cas = run_json(capsys, ["cascade", "--from", str(run_dir), "--max-drop", "5", "--json"])
+    assert cas["chain"][-1] in (32, 24, 16) and abs(sum(cas["stage_share_pct"]) - 100) < 1e-6
+    cmp_ = run_json(capsys, ["compare", "--from", str(run_dir), "--json"])
+    policies = {r["policy"] for r in cmp_["rows"]}
+    assert {
+        "fixed",
+        "random",
+        "selected",
+        "cascade",
+        "recalibrated",
+        "oracle (uses labels)",
+    } <= policies
+    assert (run_dir / "compare.md").is_file() and (run_dir / "compare.png").is_file()
+
+
+def test_records_commands_need_a_source(capsys):
+    err = _err(capsys, ["select", "--max-drop", "1"])
+    assert "--from RUN_DIR" in err
+    err = _err(capsys, ["compare", "--from", "/nonexistent/run"])
+    assert "is not a finished sweep" in err
+
+
+def test_bn_statistics_never_come_from_the_evaluation_images(capsys, tiny_folder, ckpt):
+    err = _err(capsys, ["sweep", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                        "--dataset", "imagefolder", "--data-root", str(tiny_folder),
+                        "--resolutions", "32,16", "--recalibrate-bn", "--calib-root",
+                        str(tiny_folder), "--no-progress"])  # fmt: skip
+    assert "--calib-root is the evaluation set" in err
+
+
+def test_recalibrated_checkpoint_is_used_by_sweep(capsys, tmp_path, tiny_folder, ckpt):
+    calib = make_imagefolder(tmp_path / "c", seed=5)
+    out = tmp_path / "bn.pt"
+    d = run_json(capsys, ["recalibrate", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                          "--resolutions", "24,16", "--calib-root", str(calib), "--out", str(out),
+                          "--json"])  # fmt: skip
+    assert len(d["sha256"]) == 64
+    state = torch.load(out, weights_only=True)
+    assert "reswise.bn.16.bn1.running_mean" in state
+    d = run_json(capsys, ["sweep", "--model", "cifar_resnet20", "--checkpoint", str(out),
+                          "--dataset", "imagefolder", "--data-root", str(tiny_folder),
+                          "--resolutions", "32,24,16", "--out", str(tmp_path / "o"), "--json",
+                          "--no-progress"])  # fmt: skip
+    assert "per-resolution BN statistics for [16, 24]" in d["weights"]

@@ -46,7 +46,7 @@ def test_corrupt_images_are_skipped_and_counted_or_named(tiny_folder):
 
 def test_variable_size_images_stay_on_disk_and_decode_on_demand(tmp_path):
     root = make_imagefolder(tmp_path / "v", n_per_class=2, size=lambda i: (300 + 40 * i, 240))
-    d = load_dataset("imagenet", root)
+    d = load_dataset("imagefolder", root)
     assert isinstance(d, FileImages) and len(d) == 6
     imgs = d.get(torch.tensor([0, 1]))
     assert imgs[0].shape == (3, 240, 300) and imgs[1].shape == (3, 240, 340)
@@ -142,3 +142,18 @@ def test_bad_resolution_lists(text, msg):
 def test_bad_interpolation_names_the_valid_ones():
     with pytest.raises(ReswiseError, match="unknown interpolation 'lanczos'.*bicubic"):
         ResizePolicy("full", interpolation="lanczos")
+
+
+def test_imagenet_layout_needs_all_1000_classes(tmp_path):
+    root = make_imagefolder(tmp_path / "v", n_per_class=1, size=lambda i: (300, 240))
+    with pytest.raises(ReswiseError, match="1000 wnid class folders, found 3"):
+        load_dataset("imagenet", root)
+
+
+def test_corrupt_jpeg_among_jpegs_falls_back_and_is_named(tmp_path):
+    root = make_imagefolder(tmp_path / "j", fmt="jpg")
+    (root / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    d = load_dataset("imagefolder", root)
+    assert len(d) == 18 and [p for p, _ in d.skipped] == [str(root / "class1" / "broken.jpg")]
+    ref = np.asarray(Image.open(root / "class2" / "000.jpg").convert("RGB"))
+    assert torch.equal(d.images[12], torch.from_numpy(ref.copy()).permute(2, 0, 1))

@@ -163,3 +163,11 @@ def test_sweep_agrees_with_torchvision_imagefolder_and_pil_resize():
         pred = lm.model(x).argmax(1).numpy()
     agree = (pred == ours.records.topk_idx[1, :, 0]).mean()
     assert len(sel) == 300 and agree >= 0.97  # PIL and torch kernels round differently
+
+
+def test_more_classes_than_the_model_predicts_is_refused(tmp_path):
+    from .conftest import make_imagefolder
+
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=1, classes=4))
+    with pytest.raises(ReswiseError, match="4 classes but the model predicts 3"):
+        sweep(Tiny(), data, [32])

@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-resolutions", help="multi-resolution training, e.g. 32,24,16")
+    p.add_argument(
+        "--shared-bn",
+        action="store_true",
+        help="multi-resolution training with one BN set (default: private BN per resolution)",
+    )
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="smaller resolutions also learn the largest resolution's predictions",
+    )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
@@ -595,6 +605,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.train_resolutions
         else (),
         bf16=not args.fp32,
+        private_bn=not args.shared_bn,
+        distill=args.distill,
         init=lm.weights,
     )
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print

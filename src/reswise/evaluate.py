@@ -324,6 +324,11 @@ def sweep(
                 logits = nets[r](x.to(device)).float()
                 if num_classes is None:
                     num_classes = logits.shape[1]
+                    if len(dataset.classes) > num_classes:
+                        raise ReswiseError(
+                            f"the dataset has {len(dataset.classes)} classes but the model "
+                            f"predicts {num_classes}; labels would not line up"
+                        )
                     k = min(topk, num_classes)
                     if state["topk_idx"] is None:
                         state["topk_idx"] = np.zeros((R, N, k), np.int32)

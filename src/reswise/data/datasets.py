@@ -363,7 +363,15 @@ def load_dataset(
         return load_cifar10(root or cache_dir() / "cifar10", split, limit, seed=seed)
     if root is None:
         raise ReswiseError(f"dataset '{name}' needs --data-root DIR (DIR/<class>/<image>)")
-    return load_imagefolder(root, limit, on_corrupt, seed=seed)
+    data = load_imagefolder(root, limit, on_corrupt, seed=seed)
+    if name == "imagenet" and len(data.classes) != 1000:
+        # labels are folder indices: with any other number of folders they would not line up
+        # with the model's 1000 outputs and every accuracy would be silently wrong
+        raise ReswiseError(
+            f"imagenet layout needs the 1000 wnid class folders, found {len(data.classes)} in "
+            f"{root}; use --dataset imagefolder for other trees"
+        )
+    return data
 
 
 def save_cifar_batch(path: str | Path, images: np.ndarray, labels: list[int]) -> None:
