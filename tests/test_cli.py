@@ -309,3 +309,22 @@ def test_recalibrated_checkpoint_is_used_by_sweep(capsys, tmp_path, tiny_folder,
                           "--resolutions", "32,24,16", "--out", str(tmp_path / "o"), "--json",
                           "--no-progress"])  # fmt: skip
     assert "per-resolution BN statistics for [16, 24]" in d["weights"]
+
+
+def test_latency_and_export_commands(capsys, tmp_path, tiny_folder, ckpt):
+    pytest.importorskip("onnxruntime")
+    d = run_json(capsys, ["latency", "--model", "cifar_resnet20", "--resolutions", "32,16",
+                          "--repeats", "3", "--warmup", "1", "--json"])  # fmt: skip
+    assert [r["resolution"] for r in d["rows"]] == [32, 16] and d["rows"][0]["median_ms"] > 0
+    out = tmp_path / "m.onnx"
+    e = run_json(capsys, ["export", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                          "--resolution", "24", "--out", str(out), "--check-root",
+                          str(tiny_folder), "--json"])  # fmt: skip
+    assert e["ok"] and e["max_abs_diff"] < 1e-4 and e["n_images"] == 18 and out.is_file()
+
+
+def test_export_without_onnxruntime_says_how_to_install(capsys, tmp_path, ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    err = _err(capsys, ["export", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                        "--resolution", "24", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
+    assert "pip install 'reswise[onnx]'" in err

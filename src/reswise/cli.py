@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_res_args(p)
     add_run_args(p)
     add_bn_args(p)
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="add measured batch-1 latency per resolution (median of 30 runs)",
+    )
     add_json(p)
 
     p = sub.add_parser("random", help="random resolution per image (from a sweep's records)")
@@ -174,6 +179,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
     p.add_argument("--no-progress", action="store_true")
+    add_json(p)
+    p = sub.add_parser("latency", help="measured latency per resolution beside FLOPs drop")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--reference", type=int)
+    p.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,32")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--no-fast", action="store_true", help="no BN folding / channels-last")
+    add_json(p)
+
+    p = sub.add_parser("export", help="ONNX export at a chosen resolution, checked against PyTorch")
+    add_model_args(p)
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="the .onnx file")
+    p.add_argument(
+        "--bake-resize-from",
+        type=int,
+        metavar="S",
+        help="the graph takes S x S images and resizes them itself",
+    )
+    p.add_argument("--check-root", help="ImageFolder of real images for the check")
+    p.add_argument("--check-size", type=int, default=256, help="images used for the check")
+    p.add_argument("--opset", type=int, default=17)
     add_json(p)
     for extra in EXTRA_PARSERS:
         extra(sub)
@@ -296,6 +329,16 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
                 "calib_size": min(args.calib_size or len(calib), len(calib)),
                 "rows": summarize(bn.records, bn.reference, flops, fwd, ref_correct=ref_plain),
             }  # fmt: skip
+    if getattr(args, "latency", False) and result is not None:
+        from .latency import measure_latency
+
+        lat = measure_latency(lm, res, [1], reference=result.reference, device=args.device,
+                              fast=not args.no_fast)  # fmt: skip
+        by_res = {row["resolution"]: row for row in lat}
+        for row in result.rows:
+            m = by_res[row["resolution"]]
+            row.update({"latency_ms": m["median_ms"], "latency_drop_pct": m["latency_drop_pct"],
+                        "latency_disagrees": m["disagrees"]})  # fmt: skip
     return result, out
 
 
@@ -581,6 +624,65 @@ def cmd_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print(f"wrote {args.out}: {lm.info.name} with BN statistics for {res} from "
               f"{out['calib_size']} images of {args.calib_root}")  # fmt: skip
+    return out
+
+
+@command("latency")
+def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import parse_resolutions
+    from .evaluate import check_resolutions
+    from .latency import format_latency_table, measure_latency
+
+    res = parse_resolutions(args.resolutions)
+    try:
+        batch_sizes = [int(b) for b in args.batch_size.split(",")]
+    except ValueError:
+        raise ReswiseError(
+            f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
+        ) from None
+    lm = load_model(args, need_weights=False)  # timing does not depend on the weights' values
+    check_resolutions(lm.info, [*res, *([args.reference] if args.reference else [])])
+    rows = measure_latency(lm, res, batch_sizes, threads=args.threads, device=args.device,
+                           runtime=args.runtime, warmup=args.warmup, repeats=args.repeats,
+                           reference=args.reference, fast=not args.no_fast)  # fmt: skip
+    if not args.json:
+        print(f"{lm.info.name} ({args.runtime}, {args.device}), median of {args.repeats} timed "
+              f"runs after {args.warmup} warm-up runs:")  # fmt: skip
+        print(format_latency_table(rows))
+    return {"model": lm.info.name, "runtime": args.runtime, "device": args.device, "rows": rows}
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .bn_recal import load_bn_states
+    from .data import load_dataset
+    from .evaluate import check_resolutions
+    from .export import export_onnx
+
+    lm = load_model(args)
+    check_resolutions(lm.info, [args.resolution])
+    bn = load_bn_states(lm.extra.get("extra_state", {})).get(args.resolution)
+    images = None
+    if args.check_root:
+        data = load_dataset("imagefolder", args.check_root, limit=args.check_size, seed=0)
+        got = data.get(torch.arange(len(data)))
+        if isinstance(got, list):
+            from .data import ResizePolicy
+
+            size = args.bake_resize_from or lm.info.input_size
+            kind = "crop" if lm.info.task == "imagenet" else "full"
+            got = ResizePolicy(kind, lm.info.crop_pct)(got, size)
+        images = got
+    out = export_onnx(lm, args.resolution, args.out, bake_resize_from=args.bake_resize_from,
+                      check_images=images, opset=args.opset, bn_state=bn)  # fmt: skip
+    out.update({"model": lm.info.name, "weights": lm.weights, "per_resolution_bn": bn is not None})
+    if not args.json:
+        print(f"wrote {out['out']} ({out['bytes']} bytes, sha256 {out['sha256'][:16]}…) at "
+              f"{args.resolution}x{args.resolution}; ONNX Runtime vs PyTorch on {out['n_images']} "
+              f"{out['check_data']}: max |logit diff| {out['max_abs_diff']:.2e}, top-1 agreement "
+              f"{out['top1_agreement']:.4f}")  # fmt: skip
     return out
 
 

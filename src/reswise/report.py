@@ -31,6 +31,8 @@ CSV_FIELDS = [
     "params",
     "flops_drop_pct",
     "images_per_s",
+    "latency_ms",
+    "latency_drop_pct",
 ]
 
 
@@ -60,6 +62,8 @@ def flat_rows(result: SweepResult) -> list[dict[str, Any]]:
                 "params": row["params"],
                 "flops_drop_pct": row["flops_drop_pct"],
                 "images_per_s": row["images_per_s"],
+                "latency_ms": row.get("latency_ms"),
+                "latency_drop_pct": row.get("latency_drop_pct"),
             }
         )
     return out
