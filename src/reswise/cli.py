@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
     p.add_argument("--no-progress", action="store_true")
     add_json(p)
+    p = sub.add_parser("adapt", help="per-resolution adapters: BN + classifier tuned at each r")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--train-root", required=True, help="labeled training images (not the eval set)")
+    p.add_argument("--steps", type=int, default=400, help="SGD steps per resolution")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint: backbone + one adapter per resolution")
+    add_json(p)
+
     p = sub.add_parser("latency", help="measured latency per resolution beside FLOPs drop")
     add_model_args(p)
     p.add_argument("--resolutions", required=True)
@@ -627,6 +638,29 @@ def cmd_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@command("adapt")
+def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
+    from .adapt import adapt, adapter_size
+    from .bn_recal import save_bn_checkpoint
+    from .data import load_dataset, parse_resolutions
+    from .models._registry import sha256_file
+
+    res = parse_resolutions(args.resolutions)
+    lm = load_model(args)
+    data = load_dataset("imagefolder", args.train_root)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: print(m, flush=True))
+    states = adapt(lm, data, res, args.steps, args.batch_size, args.lr, args.seed, log=log)
+    save_bn_checkpoint(lm.model, states, args.out)
+    out = {"model": lm.info.name, "weights": lm.weights, "resolutions": sorted(states),
+           "steps": args.steps, "train_root": args.train_root, "out": args.out,
+           "sha256": sha256_file(args.out), **adapter_size(lm.model)}  # fmt: skip
+    if not args.json:
+        print(f"wrote {args.out}: adapters for {sorted(states)}, each {out['adapter_params']} "
+              f"parameters ({out['adapter_bytes']} bytes) beside a {out['model_params']}-parameter "
+              f"model ({out['model_bytes']} bytes)")  # fmt: skip
+    return out
+
+
 @command("latency")
 def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
     from .data import parse_resolutions
@@ -711,7 +745,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         distill=args.distill,
         init=lm.weights,
     )
-    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    # flush: training runs for hours under nohup, its log must be readable as it goes
+    log = (
+        (lambda m: print(m, file=sys.stderr, flush=True))
+        if args.json
+        else (lambda m: print(m, flush=True))
+    )
     return train(lm, data, cfg, args.out, test_data=test, progress=not args.no_progress, log=log)
 
 

@@ -1,0 +1,93 @@
+"""Per-resolution adapters: frozen convolutions stay bit-identical; adapter r is the one used at r."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from reswise import create_model, load_dataset, sweep
+from reswise.adapt import adapt, adapter_keys, adapter_size
+from reswise.bn_recal import load_bn_states, save_bn_checkpoint
+from reswise.data import ResizePolicy, normalizer, to_input
+from reswise.multires import PrivateBN
+from reswise.train import TrainConfig, train
+
+from .conftest import make_imagefolder
+
+
+def test_adapters_freeze_the_backbone_and_are_used_at_their_resolution(tmp_path):
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=12))
+    torch.manual_seed(0)
+    lm = create_model("cifar_resnet20", pretrained=False)
+    before = copy.deepcopy(lm.model.state_dict())
+    states = adapt(lm, data, [32, 24, 16], steps=3, batch_size=16)
+    assert sorted(states) == [16, 24]  # the native resolution keeps the model as it is
+    assert set(states[16]) == set(adapter_keys(lm.model)) and "linear.weight" in states[16]
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the caller's model is untouched
+    assert not torch.equal(states[16]["linear.weight"], before["linear.weight"])
+    path = tmp_path / "adapted.pt"
+    save_bn_checkpoint(lm.model, states, path)
+    loaded = create_model("cifar_resnet20", checkpoint=path)
+    for k, v in loaded.model.state_dict().items():  # frozen convolutions: bit-identical
+        assert torch.equal(v, before[k]), k
+    bn = load_bn_states(loaded.extra["extra_state"])
+    res = sweep(loaded, data, [32, 24, 16], bn_states=bn)
+    scale_shift = normalizer(lm.info.mean, lm.info.std)
+    for r in (24, 16):
+        m = copy.deepcopy(loaded.model)
+        m.load_state_dict(bn[r], strict=False)
+        with torch.no_grad():
+            x = to_input(ResizePolicy("full")(data.images, r), scale_shift)
+            top = m.eval()(x).softmax(1).topk(5, 1).indices.numpy()
+        assert np.array_equal(res.records.topk_idx[res.records.row(r)], top)
+    size = adapter_size(lm.model)
+    assert 0 < size["adapter_params"] < size["model_params"] / 10
+
+
+def test_multires_training_keeps_private_bn_and_loads_as_a_plain_checkpoint(tmp_path):
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=22))
+    lm = create_model("cifar_resnet20", pretrained=False)
+    cfg = TrainConfig(epochs=1, batch_size=16, train_resolutions=(32, 16), distill=True)
+    train(lm, data, cfg, tmp_path / "m.pt", progress=False, log=lambda m: None)
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert "reswise.bn.16.bn1.weight" in state and "reswise.bn.32.bn1.weight" not in state
+    assert not torch.equal(state["reswise.bn.16.bn1.running_mean"], state["bn1.running_mean"])
+    again = create_model("cifar_resnet20", checkpoint=tmp_path / "m.pt")
+    assert sorted(load_bn_states(again.extra["extra_state"])) == [16]
+    wrapper = PrivateBN(again.model, [32, 16], 32)
+    assert len(wrapper.overrides(16)) == len(wrapper.keys)
+
+
+def test_training_one_short_epoch_lowers_the_loss_and_resumes(tmp_path):
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=22))
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0.2)
+    torch.manual_seed(0)
+    lm = create_model("cifar_resnet20", pretrained=False)
+    full = train(lm, data, cfg, tmp_path / "full.pt", progress=False, log=lambda m: None)
+    losses = [h["loss"] for h in full["history"]]
+    assert losses[-1] < losses[0]
+
+    logs: list[str] = []
+
+    def stop_after_epoch_1(m: str) -> None:
+        logs.append(m)
+        if '"epoch": 2' in m:  # dies while epoch 2 is being reported, before its state is saved
+            raise KeyboardInterrupt
+
+    out = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    lm1 = create_model("cifar_resnet20", pretrained=False)
+    try:
+        train(lm1, data, cfg, out, progress=False, log=stop_after_epoch_1)
+    except KeyboardInterrupt:
+        pass
+    assert not out.exists() and out.with_suffix(".pt.state").is_file()
+    lm2 = create_model("cifar_resnet20", pretrained=False)
+    again = train(lm2, data, cfg, out, progress=False, log=logs.append)
+    assert any("resuming" in m and "from epoch 1" in m for m in logs)
+    assert [h["loss"] for h in again["history"]] == losses  # same run as the uninterrupted one
+    for a, b in zip(lm.model.state_dict().values(), lm2.model.state_dict().values()):
+        assert torch.equal(a, b)
