@@ -328,3 +328,21 @@ def test_export_without_onnxruntime_says_how_to_install(capsys, tmp_path, ckpt, 
     err = _err(capsys, ["export", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
                         "--resolution", "24", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
     assert "pip install 'reswise[onnx]'" in err
+
+
+def test_compare_adds_rows_from_other_runs_on_the_same_images(capsys, tmp_path, run_dir):
+    other = tmp_path / "other"
+    assert main(["sweep", "--model", "cifar_resnet20", "--random-init", "--dataset", "imagefolder",
+                 "--data-root", str(tmp_path / "d"), "--resolutions", "32,24,16", "--out",
+                 str(other), "--no-progress", "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    d = run_json(capsys, ["compare", "--from", str(run_dir), "--add", f"adapted={other}", "--json"])
+    pol = [r["policy"] for r in d["rows"]]
+    assert pol.count("adapted") == 2 and "adapted cascade" in pol and "adapted selected" in pol
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["sweep", "--model", "cifar_resnet20", "--random-init", "--dataset", "imagefolder",
+                 "--data-root", str(tmp_path / "c"), "--resolutions", "32,24,16", "--out",
+                 str(elsewhere), "--no-progress", "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    err = _err(capsys, ["compare", "--from", str(run_dir), "--add", f"x={elsewhere}"])
+    assert "other images" in err

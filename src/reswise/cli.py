@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="fixed, random, selected, BN-recalibrated, cascade, oracle")
     add_records_source(p)
     add_budget_args(p)
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_DIR",
+        help="rows from another run on the same images (e.g. adapted=runs/x_adapted)",
+    )
     p.add_argument("--max-len", type=int, default=3)
 
     p = sub.add_parser("recalibrate", help="save a checkpoint with BN statistics per resolution")
@@ -591,8 +598,16 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     src = get_records(args)
     if not src:
         return {}
+    from .report import load_run
+
+    extras = {}
+    for item in args.add:
+        label, sep, run = item.partition("=")
+        if not sep or not label or not run:
+            raise ReswiseError(f"--add takes LABEL=RUN_DIR, got '{item}'")
+        extras[label] = load_run(run)[1]
     out = compare(src["records"], src["flops"], src["reference"], args.max_drop, args.confidence,
-                  args.calib_frac, args.seed, src["records_bn"], args.max_len)  # fmt: skip
+                  args.calib_frac, args.seed, src["records_bn"], args.max_len, extras)  # fmt: skip
     out.update({k: src[k] for k in ("model", "dataset", "weights")})
     table = compare_table(out["rows"])
     run = Path(src["out"])

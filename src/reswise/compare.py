@@ -7,11 +7,13 @@ oracle bound. Everything that chooses, chooses on the calibration part of the se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import ReswiseError
 from .evaluate import Records
 from .policies import (
     calib_heldout_split,
@@ -53,6 +55,7 @@ def compare(
     seed: int = 0,
     records_bn: Records | None = None,
     max_len: int = 3,
+    extras: dict[str, Records] | None = None,
 ) -> dict[str, Any]:
     """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci."""
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
@@ -98,6 +101,33 @@ def compare(
         out.update({"selected_bn": sel_bn, "cascade_bn": cas_bn, "bn_used": use})
     orc = oracle(records, flops, reference, idx=held)
     add("oracle (uses labels)", "cheapest right resolution", orc)
+    for label, rec in (extras or {}).items():
+        if not np.array_equal(rec.indices, records.indices) or not np.array_equal(
+            rec.labels, records.labels
+        ):
+            raise ReswiseError(
+                f"run '{label}' was evaluated on other images; compare needs the same set"
+            )
+        missing = [r for r in rec.resolutions if r not in flops]
+        if missing or reference not in rec.resolutions:
+            raise ReswiseError(f"run '{label}' lacks resolution {missing[:1] or [reference]}")
+        # drops of another model (adapted, multi-resolution trained) are against its own reference
+        ref_x = rec.correct(reference)[held]
+        for r in rec.resolutions:
+            if r != reference:
+                d = drop_summary(ref_x, rec.correct(r)[held])
+                add(label, f"{r}x{r}",
+                    {**d, "flops_drop_pct": flops_drop_pct(flops[r], flops, reference)})  # fmt: skip
+        sel_x = select_resolution(rec, flops, reference, max_drop, confidence, calib_frac, seed)
+        add(f"{label} selected", f"{sel_x['resolution']}x{sel_x['resolution']}", sel_x,
+            resolution=sel_x["resolution"])  # fmt: skip
+        cas_x = search_cascade(rec, flops, reference, max_drop, confidence, "auto", calib_frac,
+                               seed, max_len)  # fmt: skip
+        add(f"{label} cascade", f"{cas_x['chain']} on {cas_x['signal']}", cas_x,
+            stage_share_pct=cas_x["stage_share_pct"])  # fmt: skip
+        add(f"{label} oracle (uses labels)", "cheapest right resolution",
+            oracle(rec, flops, reference, idx=held))  # fmt: skip
+        out[f"{label}_selected"], out[f"{label}_cascade"] = sel_x, cas_x
     out.update({
         "reference": reference, "max_drop": max_drop, "confidence": confidence,
         "n_calib": int(len(calib)), "n_heldout": int(len(held)), "seed": seed, "rows": rows,
@@ -122,6 +152,8 @@ def compare_plot(rows: list[dict[str, Any]], path: str | Path, title: str) -> No
 
     series: dict[str, list[tuple[float, float, str]]] = {}
     for r in rows:
-        label = r["detail"].split("x")[0] if r["policy"] in ("fixed", "recalibrated") else ""
+        # annotate the per-resolution series (fixed, recalibrated, adapted ...) with r
+        per_res = re.fullmatch(r"\d+x\d+( \+ BN recal)?", r["detail"]) and " " not in r["policy"]
+        label = r["detail"].split("x")[0] if per_res else ""
         series.setdefault(r["policy"], []).append((r["flops_drop_pct"], r["acc_drop_pct"], label))
     plot(series, path, title)
