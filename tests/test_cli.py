@@ -12,7 +12,7 @@ import torch
 from reswise.cli import main
 from reswise.models.cifar_resnet import CifarResNet
 
-from .conftest import make_imagefolder
+from .conftest import make_imagefolder, needs_shared
 
 
 @pytest.fixture
@@ -346,3 +346,15 @@ def test_compare_adds_rows_from_other_runs_on_the_same_images(capsys, tmp_path, 
     capsys.readouterr()
     err = _err(capsys, ["compare", "--from", str(run_dir), "--add", f"x={elsewhere}"])
     assert "other images" in err
+
+
+@needs_shared
+def test_reproduce_prints_the_study_beside_ours(capsys):
+    d = run_json(capsys, ["reproduce", "--limit", "40", "--json"])
+    fams = {f["model"]: f for f in d["cifar"]}
+    r20 = {r["resolution"]: r for r in fams["cifar_resnet20"]["rows"]}
+    assert fams["cifar_resnet20"]["n"] == 40 and "acc_drop_pct" in r20[24]
+    for r, (f_seed, _) in {28: (23.43, 0), 24: (43.74, 0), 12: (85.93, 0)}.items():
+        assert abs(r20[r]["flops_drop_pct"] - f_seed) < 0.1
+    rn50 = [row["flops_drop_pct"] for row in d["resnet50_imagenet_flops"][1:]]
+    assert all(abs(a - b) <= 0.5 for a, b in zip(rn50, [3.90, 14.72, 29.26, 38.49, 49.50, 57.26]))

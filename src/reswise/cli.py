@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint: backbone + one adapter per resolution")
     add_json(p)
 
+    p = sub.add_parser("reproduce", help="the study's tables beside reswise's measurements")
+    p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2].parent
+                   / "shared" / "datasets" / "cifar10-jpeg" / "test"),
+                   help="CIFAR-10 test images (ImageFolder)")  # fmt: skip
+    p.add_argument("--limit", type=int)
+    add_json(p)
+
     p = sub.add_parser("latency", help="measured latency per resolution beside FLOPs drop")
     add_model_args(p)
     p.add_argument("--resolutions", required=True)
@@ -674,6 +681,16 @@ def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
               f"parameters ({out['adapter_bytes']} bytes) beside a {out['model_params']}-parameter "
               f"model ({out['model_bytes']} bytes)")  # fmt: skip
     return out
+
+
+@command("reproduce")
+def cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    from .reproduce import format_reproduction, reproduce
+
+    rep = reproduce(args.data_root, args.limit)
+    if not args.json:
+        print(format_reproduction(rep))
+    return rep
 
 
 @command("latency")
