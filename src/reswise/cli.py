@@ -519,6 +519,18 @@ def _subset_resolutions(src: dict[str, Any], wanted_text: str | None) -> list[in
     return wanted
 
 
+def choosing_records(args: argparse.Namespace, src: dict[str, Any]) -> Any:
+    """The records a policy chooses from: recalibrated passes only where they win on calibration."""
+    from .compare import best_of
+    from .policies import calib_heldout_split
+
+    records = src["records"]
+    if src["records_bn"] is None:
+        return records
+    calib, _ = calib_heldout_split(len(records.labels), args.calib_frac, args.seed)
+    return best_of(records, src["records_bn"], calib, src["reference"])[0]
+
+
 @command("random")
 def cmd_random(args: argparse.Namespace) -> dict[str, Any]:
     from .policies import random_resolution
@@ -548,16 +560,12 @@ def cmd_random(args: argparse.Namespace) -> dict[str, Any]:
 
 @command("select")
 def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
-    from .compare import best_of
-    from .policies import calib_heldout_split, select_resolution
+    from .policies import select_resolution
 
     src = get_records(args)
     if not src:
         return {}
-    records = src["records"]
-    if src["records_bn"] is not None:  # recalibrated passes only where they win on calibration
-        calib, _ = calib_heldout_split(len(records.labels), args.calib_frac, args.seed)
-        records, _ = best_of(records, src["records_bn"], calib, src["reference"])
+    records = choosing_records(args, src)
     out = select_resolution(records, src["flops"], src["reference"], args.max_drop,
                             args.confidence, args.calib_frac, args.seed, args.test)  # fmt: skip
     out.update({k: src[k] for k in ("model", "dataset")})
@@ -574,16 +582,12 @@ def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
 
 @command("cascade")
 def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
-    from .compare import best_of
-    from .policies import calib_heldout_split, search_cascade
+    from .policies import search_cascade
 
     src = get_records(args)
     if not src:
         return {}
-    records = src["records"]
-    if src["records_bn"] is not None:
-        calib, _ = calib_heldout_split(len(records.labels), args.calib_frac, args.seed)
-        records, _ = best_of(records, src["records_bn"], calib, src["reference"])
+    records = choosing_records(args, src)
     out = search_cascade(records, src["flops"], src["reference"], args.max_drop, args.confidence,
                          args.signal, args.calib_frac, args.seed, args.max_len)  # fmt: skip
     out.update({k: src[k] for k in ("model", "dataset")})
