@@ -1,6 +1,6 @@
 """Model registry; importing it registers every family."""
 
-from . import cifar_resnet, imagenet  # noqa: F401  (registration side effects)
+from . import cifar_mobilenet, cifar_nasnet, cifar_resnet, imagenet  # noqa: F401  (registration side effects)
 from ._registry import (
     LoadedModel,
     ModelInfo,

