@@ -256,18 +256,26 @@ def sweep(
     scale_shift = normalizer(mean, std)
     flops = flops_table(net, resolutions, reference)  # also proves every resolution runs
 
-    nets: dict[int, nn.Module] = {}
     fast_desc = "eager"
-    for r in resolutions:
-        base = net
-        if bn_states and r in bn_states:
-            base = copy.deepcopy(net)
-            base.load_state_dict(bn_states[r], strict=False)
+
+    def prepare(base: nn.Module) -> nn.Module:
+        nonlocal fast_desc
         if fast:
-            nets[r], fast_desc = fold_for_inference(base, channels_last=(device == "cpu"))
+            base, fast_desc = fold_for_inference(base, channels_last=(device == "cpu"))
+        return base.eval().to(device)
+
+    # one folded copy serves every resolution that keeps the shared weights; only resolutions
+    # with their own BN statistics / adapters get a copy of their own
+    shared: nn.Module | None = None
+    nets: dict[int, nn.Module] = {}
+    for r in resolutions:
+        if bn_states and r in bn_states:
+            own = copy.deepcopy(net)
+            own.load_state_dict(bn_states[r], strict=False)
+            nets[r] = prepare(own)
         else:
-            nets[r] = base.eval()
-        nets[r].to(device)
+            shared = shared if shared is not None else prepare(net)
+            nets[r] = shared
 
     rank, world = shard
     chunks = [(s, min(s + bs, n)) for s in range(0, n, bs)][rank::world]
