@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import torch
@@ -91,3 +92,42 @@ def test_training_one_short_epoch_lowers_the_loss_and_resumes(tmp_path):
     assert [h["loss"] for h in again["history"]] == losses  # same run as the uninterrupted one
     for a, b in zip(lm.model.state_dict().values(), lm2.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_state_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    """Runs are hours long: a field added to TrainConfig later must not restart them."""
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=12))
+    cfg = TrainConfig(epochs=3, batch_size=16, channels_last=False)
+    out = tmp_path / "m.pt"
+
+    def stop(m: str) -> None:
+        if '"epoch": 2' in m:  # epoch 1's state is on disk by then
+            raise KeyboardInterrupt
+
+    try:
+        train(
+            create_model("cifar_resnet20", pretrained=False),
+            data,
+            cfg,
+            out,
+            progress=False,
+            log=stop,
+        )
+    except KeyboardInterrupt:
+        pass
+    state_path = out.with_suffix(".pt.state")
+    st = torch.load(state_path, weights_only=True)
+    old = json.loads(st["config"])
+    del old["channels_last"]  # as written by a version without the field (its default is True)
+    st["config"] = json.dumps(old, sort_keys=True)
+    torch.save(st, state_path)
+    logs: list[str] = []
+    train(create_model("cifar_resnet20", pretrained=False), data, TrainConfig(epochs=3,
+          batch_size=16), out, progress=False, log=logs.append)  # fmt: skip
+    assert any("resuming" in m for m in logs)
+    # a real difference in config still starts afresh
+    out.unlink()
+    logs.clear()
+    train(create_model("cifar_resnet20", pretrained=False), data, TrainConfig(epochs=3,
+          batch_size=16, lr=0.05), out, progress=False, log=logs.append)  # fmt: skip
+    assert any("another config" in m for m in logs)

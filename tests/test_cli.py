@@ -358,3 +358,61 @@ def test_reproduce_prints_the_study_beside_ours(capsys):
         assert abs(r20[r]["flops_drop_pct"] - f_seed) < 0.1
     rn50 = [row["flops_drop_pct"] for row in d["resnet50_imagenet_flops"][1:]]
     assert all(abs(a - b) <= 0.5 for a, b in zip(rn50, [3.90, 14.72, 29.26, 38.49, 49.50, 57.26]))
+
+
+def test_calib_split_bn_statistics_never_see_held_out_images(capsys, tmp_path, ckpt):
+    """--calib-split: replacing held-out images leaves the calibration part's BN passes alone."""
+    import numpy as np
+    from PIL import Image
+
+    from reswise.data.datasets import scan_imagefolder
+    from reswise.evaluate import Records
+    from reswise.policies import calib_heldout_split
+
+    root = make_imagefolder(tmp_path / "d", n_per_class=10)
+    paths = scan_imagefolder(root)[0]
+    calib, held = calib_heldout_split(len(paths), 0.5, seed=3)
+
+    def sweep(out):
+        d = run_json(capsys, ["sweep", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                              "--dataset", "imagefolder", "--data-root", str(root), "--resolutions",
+                              "32,16", "--recalibrate-bn", "--calib-split", "--seed", "3", "--out",
+                              str(out), "--no-progress", "--json"])  # fmt: skip
+        return d, Records.load(out / "records_bn.npz")
+
+    d, before = sweep(tmp_path / "a")
+    assert d["bn_recalibration"]["calib_split"] == {"calib_frac": 0.5, "seed": 3, "n": 30}
+    assert d["bn_recalibration"]["calib_size"] == len(calib)
+    rng = np.random.default_rng(1)
+    for i in held:  # new pixels, same names: only the held-out part changes
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[i])
+    _, after = sweep(tmp_path / "b")
+    np.testing.assert_array_equal(before.topk_prob[:, calib], after.topk_prob[:, calib])
+    assert not np.array_equal(before.topk_prob[:, held], after.topk_prob[:, held])
+    # a calibration image changing does move the statistics, so the check above can fail
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[calib[0]])
+    _, moved = sweep(tmp_path / "c")
+    assert not np.array_equal(after.topk_prob[:, calib[1:]], moved.topk_prob[:, calib[1:]])
+    # reading that run with another split would report on images its BN statistics saw
+    err = _err(capsys, ["compare", "--from", str(tmp_path / "c"), "--seed", "0"])
+    assert "--calib-frac 0.5 --seed 3" in err
+    assert main(["compare", "--from", str(tmp_path / "c"), "--seed", "3", "--json"]) == 0
+    capsys.readouterr()
+    err = _err(capsys, ["sweep", "--model", "cifar_resnet20", "--checkpoint", str(ckpt),
+                        "--dataset", "imagefolder", "--data-root", str(root), "--resolutions",
+                        "32,16", "--recalibrate-bn", "--calib-split", "--calib-root", str(root),
+                        "--no-progress"])  # fmt: skip
+    assert "not both" in err
+
+
+def test_cascade_headroom_rows_per_cheaper_resolution(capsys, run_dir):
+    d = run_json(capsys, ["cascade", "--from", str(run_dir), "--headroom", "--json"])
+    rows = d["headroom"]
+    assert [r["resolution"] for r in rows] == [16, 24]  # cheapest first, reference left out
+    for r in rows:
+        assert r["perfect"]["accept_pct"] >= r["max_softmax"]["accept_pct"]
+        assert r["max_softmax"]["flops_drop_pct"] == pytest.approx(
+            r["max_softmax"]["accept_pct"] - r["stage_cost_pct"]
+        )
+    assert main(["cascade", "--from", str(run_dir), "--headroom"]) == 0
+    assert "perfect ranking" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from reswise.data import ResizePolicy, normalizer, to_input
 from reswise.policies import (
     calib_heldout_split,
     evaluate_cascade,
+    headroom,
     oracle,
     random_assignment,
     random_resolution,
@@ -398,3 +399,31 @@ def test_recalibrate_all_and_checkpoint_round_trip(tmp_path):
     assert all(torch.equal(back[r][k], states[r][k]) for r in states for k in states[r])
     with pytest.raises(ReswiseError):
         recalibrate_bn(model, images.float(), 8, POLICY, MEAN, STD, None)
+
+
+# --- headroom ----------------------------------------------------------------------------------
+
+
+def test_headroom_counts_two_stage_savings_by_hand():
+    """100 images; at 16: 70 right and confident, 30 wrong (20 of them right at 32)."""
+    n = 100
+    ok32 = np.ones(n, bool)
+    ok32[80:90] = False  # wrong at 32 too: free to answer at 16
+    ok16 = np.zeros(n, bool)
+    ok16[:70] = True
+    conf16 = np.where(ok16, 0.9, 0.2)
+    conf16[70:72] = 0.95  # two harmful images look most confident of all
+    rec = make_records({32: ok32, 16: ok16}, {32: np.full(n, 0.9), 16: conf16})
+    (row,) = headroom(rec, {16: 250, 32: 1000}, 32, max_drop=2.0)
+    assert row["resolution"] == 16 and row["stage_cost_pct"] == pytest.approx(25.0)
+    sig = row["max_softmax"]
+    # ranked: 2 harmful (net 2), 70 right (net 2), then 28 tied at 0.2: accepting them costs 18
+    assert sig["accept_pct"] == pytest.approx(72.0)
+    assert sig["flops_drop_pct"] == pytest.approx(72.0 - 25.0)
+    # perfect ranking: the 70 right + 10 wrong-at-both, then 2 harmful within the budget
+    assert row["perfect"]["accept_pct"] == pytest.approx(82.0)
+    # AUROC: positives (right at 16) beat all negatives but the two 0.95 ones
+    assert sig["auroc"] == pytest.approx(1 - 2 / 30)
+    # with no budget the two confident harmful images block every threshold
+    (row0,) = headroom(rec, {16: 250, 32: 1000}, 32, max_drop=0.0)
+    assert row0["max_softmax"]["accept_pct"] == 0.0 and row0["perfect"]["accept_pct"] == 80.0

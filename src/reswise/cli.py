@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget_args(p)
     p.add_argument("--signal", default="auto", choices=["auto", "max_softmax", "margin", "entropy"])
     p.add_argument("--max-len", type=int, default=3, help="longest chain searched")
+    p.add_argument("--headroom", action="store_true",
+                   help="also show, in hindsight, what two-stage chains could save with each "
+                        "confidence signal and with a perfect one (why the cascade saves what it does)")  # fmt: skip
 
     p = sub.add_parser("compare", help="fixed, random, selected, BN-recalibrated, cascade, oracle")
     add_records_source(p)
@@ -183,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="smaller resolutions also learn the largest resolution's predictions",
     )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="NCHW tensors (faster for depthwise-heavy nets such as MobileNetV2 here)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
     p.add_argument("--no-progress", action="store_true")
@@ -339,7 +344,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
     result = distributed.sweep(lm, data, res, args.reference, bn_states=ckpt_bn or None,
                                checkpoint_path=out / "progress.npz", **kw)  # fmt: skip
     if getattr(args, "recalibrate_bn", False):
-        calib = load_calib(args)
+        calib, calib_desc, calib_split = load_calib(args, data)
         all_res = list(dict.fromkeys([args.reference or max(res), *res]))
         states = recalibrate_all(lm.model, calib, all_res, policy, lm.info.mean, lm.info.std,
                                  args.calib_size, seed=args.seed)  # fmt: skip
@@ -350,7 +355,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
             fwd = np.array(bn.timings["forward_s_by_res"])
             ref_plain = result.records.correct(result.reference)
             result.bn = {
-                "records": bn.records, "calib_root": str(args.calib_root),
+                "records": bn.records, "calib_root": calib_desc, "calib_split": calib_split,
                 "calib_size": min(args.calib_size or len(calib), len(calib)),
                 "rows": summarize(bn.records, bn.reference, flops, fwd, ref_correct=ref_plain),
             }  # fmt: skip
@@ -367,21 +372,39 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
     return result, out
 
 
-def load_calib(args: argparse.Namespace) -> Any:
-    """Unlabeled BN-calibration images: never the evaluation images."""
-    from .data import load_dataset
+def load_calib(args: argparse.Namespace, data: Any) -> tuple[Any, str, dict[str, Any] | None]:
+    """Unlabeled BN-calibration images: never the images a policy reports on.
 
+    Returns the images, a description for reports, and, for ``--calib-split``, the split they
+    came from (so a later ``--from RUN`` can check it reports on the other part).
+    """
+    import torch
+
+    from .data import load_dataset
+    from .policies import calib_heldout_split
+
+    if args.calib_size is not None and args.calib_size <= 0:
+        raise ReswiseError(f"--calib-size must be positive, got {args.calib_size}")
+    if getattr(args, "calib_split", False):
+        if args.calib_root:
+            raise ReswiseError("give --calib-root DIR or --calib-split, not both")
+        # the part policies choose on; labels are never read, the held-out part never touched
+        frac = getattr(args, "calib_frac", 0.5)
+        idx, _ = calib_heldout_split(len(data), frac, args.seed)
+        desc = f"{args.data_root or args.dataset} (calibration part: {frac:.0%}, seed {args.seed})"
+        split = {"calib_frac": frac, "seed": args.seed, "n": len(data)}
+        return data.subset(torch.as_tensor(idx)), desc, split
     if not args.calib_root:
         raise ReswiseError(
-            "--recalibrate-bn needs --calib-root DIR (unlabeled images, e.g. a train split)"
+            "--recalibrate-bn needs --calib-root DIR (unlabeled images, e.g. a train split) "
+            "or --calib-split (the calibration part of the evaluation images)"
         )
     if args.data_root and Path(args.calib_root).resolve() == Path(args.data_root).resolve():
         raise ReswiseError(
-            "--calib-root is the evaluation set; BN statistics must come from other images (e.g. the train split)"
+            "--calib-root is the evaluation set; use other images (e.g. the train split) or "
+            "--calib-split (only the calibration part of the evaluation images)"
         )
-    if args.calib_size is not None and args.calib_size <= 0:
-        raise ReswiseError(f"--calib-size must be positive, got {args.calib_size}")
-    return load_dataset("imagefolder", args.calib_root, on_corrupt="skip")
+    return load_dataset("imagefolder", args.calib_root, on_corrupt="skip"), args.calib_root, None
 
 
 def add_bn_args(p: argparse.ArgumentParser) -> None:
@@ -390,6 +413,9 @@ def add_bn_args(p: argparse.ArgumentParser) -> None:
                    help="also evaluate with BN statistics re-estimated per resolution")  # fmt: skip
     g.add_argument("--calib-root", help="unlabeled images for BN statistics (not the eval set)")
     g.add_argument("--calib-size", type=int, default=2000, help="images used (default 2000)")
+    g.add_argument("--calib-split", action="store_true",
+                   help="BN statistics from the calibration part of the evaluation images' seeded "
+                        "split (labels unused; the held-out part is never seen)")  # fmt: skip
 
 
 def get_records(args: argparse.Namespace) -> dict[str, Any]:
@@ -398,6 +424,7 @@ def get_records(args: argparse.Namespace) -> dict[str, Any]:
 
     if getattr(args, "from_run", None):
         meta, records = load_run(args.from_run)
+        check_bn_split(meta.get("bn_recalibration", {}).get("calib_split"), args)
         return {"model": meta["model"], "dataset": meta["dataset"], "reference": meta["reference"],
                 "flops": {r["resolution"]: r["flops"] for r in meta["rows"]}, "records": records,
                 "records_bn": load_run_bn(args.from_run), "out": Path(args.from_run),
@@ -413,6 +440,19 @@ def get_records(args: argparse.Namespace) -> dict[str, Any]:
             "flops": {r["resolution"]: r["flops"] for r in result.rows},
             "records": result.records, "records_bn": result.bn["records"] if result.bn else None,
             "out": out, "n": result.n, "weights": result.weights}  # fmt: skip
+
+
+def check_bn_split(split: dict[str, Any] | None, args: argparse.Namespace) -> None:
+    """BN statistics taken from a split's calibration part are only fair on that split."""
+    if not split:
+        return
+    frac = getattr(args, "calib_frac", 0.5)
+    if split["calib_frac"] != frac or split["seed"] != args.seed:
+        raise ReswiseError(
+            f"{args.from_run}'s BN statistics came from the calibration part of the split with "
+            f"--calib-frac {split['calib_frac']} --seed {split['seed']}; pass those values, so the "
+            "held-out part stays unseen"
+        )
 
 
 # ---------------------------------------------------------------- commands
@@ -582,7 +622,7 @@ def cmd_select(args: argparse.Namespace) -> dict[str, Any]:
 
 @command("cascade")
 def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
-    from .policies import search_cascade
+    from .policies import headroom, search_cascade
 
     src = get_records(args)
     if not src:
@@ -599,7 +639,28 @@ def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
               f"drop {_pct(out['flops_drop_pct'])} %, held-out accuracy drop "
               f"{_pct(out['acc_drop_pct'])} points (95% CI {lo:.2f} .. {hi:.2f}); answered at "
               f"{shares}")  # fmt: skip
+    if args.headroom:
+        out["headroom"] = headroom(records, src["flops"], src["reference"], args.max_drop)
+        if not args.json:
+            print(headroom_table(out["headroom"], args.max_drop, len(records.labels)))
     return out
+
+
+def headroom_table(rows: list[dict[str, Any]], max_drop: float, n: int) -> str:
+    from .policies.oracle import SIGNALS
+
+    head = " | ".join(f"{s}: AUROC, answered at r, FLOPs saved" for s in SIGNALS)
+    lines = [f"\ntwo-stage chains [r, reference] within {max_drop} point(s), thresholds chosen "
+             f"in hindsight on all {n} images (an upper bound, not a held-out figure):\n",
+             f"| r | pass cost % | top-1 % | {head} | perfect ranking: answered at r, FLOPs saved |",
+             "|---:|---:|---:|" + "---|" * (len(SIGNALS) + 1)]  # fmt: skip
+    for row in rows:
+        cells = [f"{row[s]['auroc']:.3f}, {row[s]['accept_pct']:.1f} %, "
+                 f"{row[s]['flops_drop_pct']:.1f} %" for s in SIGNALS]  # fmt: skip
+        perf = f"{row['perfect']['accept_pct']:.1f} %, {row['perfect']['flops_drop_pct']:.1f} %"
+        lines.append(f"| {row['resolution']} | {row['stage_cost_pct']:.1f} | {row['top1']:.2f} | "
+                     + " | ".join(cells) + f" | {perf} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 @command("compare")
@@ -777,6 +838,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.train_resolutions
         else (),
         bf16=not args.fp32,
+        channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
         distill=args.distill,
         init=lm.weights,

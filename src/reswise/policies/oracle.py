@@ -44,3 +44,64 @@ def oracle(
     }
     out.update(drop_summary(rec.correct(reference), any_right))
     return out
+
+
+SIGNALS = ("max_softmax", "margin", "entropy")
+
+
+def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    pos, neg = int(positive.sum()), int((~positive).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score), np.float64)
+    s = score[order]
+    # average ranks over ties
+    starts = np.r_[0, np.nonzero(np.diff(s))[0] + 1]
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def headroom(
+    records: Records, flops: dict[int, int], reference: int, max_drop: float = 1.0
+) -> list[dict[str, Any]]:
+    """Why a cascade saves what it saves: the two-stage chain [r, reference] for every r, in hindsight.
+
+    A two-stage chain answers a share ``a`` of the images at r and sends the rest on to the
+    reference, so each escalated image pays for both passes and the FLOPs saved are
+    ``a - flops[r] / flops[reference]``. For each r this reports the largest ``a`` whose net
+    top-1 loss on these images stays within ``max_drop`` points when images are accepted in
+    order of each confidence signal (thresholds may only fall between distinct scores), and the
+    ``a`` a perfect ranking would reach. Chosen on the same images it is measured on: an upper
+    bound for what the held-out cascade can show, not a held-out figure.
+    """
+    check_inputs(records, flops, reference)
+    n = len(records.labels)
+    ok_ref = records.correct(reference).astype(np.int64)
+    budget = int(np.floor(max_drop / 100.0 * n + 1e-9))
+    rows = []
+    for r in sorted(records.resolutions, key=lambda x: flops[x]):
+        if r == reference or flops[r] >= flops[reference]:
+            continue
+        ok = records.correct(r)
+        d = ok_ref - ok.astype(np.int64)  # +1: accepting this image at r costs a point
+        cost = flops[r] / flops[reference]
+        row: dict[str, Any] = {"resolution": int(r), "stage_cost_pct": 100.0 * cost,
+                               "top1": 100.0 * float(ok.mean())}  # fmt: skip
+        for sig in SIGNALS:
+            c = records.confidence(r, sig)
+            order = np.argsort(-c, kind="stable")
+            net = np.cumsum(d[order])
+            cut = np.r_[c[order][1:] != c[order][:-1], True]  # a threshold can stop here
+            k = np.nonzero((net <= budget) & cut)[0]
+            accept = (k.max() + 1) / n if len(k) else 0.0
+            row[sig] = {"auroc": _auroc(c, ok), "accept_pct": 100.0 * accept,
+                        "flops_drop_pct": 100.0 * (accept - cost)}  # fmt: skip
+        harm, free, help_ = int((d > 0).sum()), int((d <= 0).sum()), int((d < 0).sum())
+        perfect = (free + min(harm, budget + help_)) / n
+        row["perfect"] = {"accept_pct": 100.0 * perfect, "flops_drop_pct": 100.0 * (perfect - cost)}
+        rows.append(row)
+    return rows
