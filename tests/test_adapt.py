@@ -131,3 +131,20 @@ def test_a_state_saved_before_a_config_field_existed_still_resumes(tmp_path):
     train(create_model("cifar_resnet20", pretrained=False), data, TrainConfig(epochs=3,
           batch_size=16, lr=0.05), out, progress=False, log=logs.append)  # fmt: skip
     assert any("another config" in m for m in logs)
+
+
+def test_loss_weights_sum_to_one_and_reject_bad_shares():
+    from reswise.errors import ReswiseError
+    from reswise.train import loss_weights
+
+    assert loss_weights(1, 0.5) == [1.0]
+    assert loss_weights(4) == [0.25] * 4
+    w = loss_weights(3, 0.5)
+    assert w == [0.5, 0.25, 0.25] and sum(w) == 1.0
+    for bad in (-0.1, 1.0):
+        try:
+            loss_weights(3, bad)
+        except ReswiseError as e:
+            assert "--largest-weight" in str(e)
+        else:
+            raise AssertionError(bad)

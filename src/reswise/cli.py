@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="smaller resolutions also learn the largest resolution's predictions",
     )
+    p.add_argument("--largest-weight", type=float, default=0.0,
+                   help="multi-resolution: share of the loss on the largest resolution, the rest "
+                        "split evenly (default 0: all equal)")  # fmt: skip
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--no-channels-last", action="store_true",
                    help="NCHW tensors (faster for depthwise-heavy nets such as MobileNetV2 here)")  # fmt: skip
@@ -841,6 +844,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
         distill=args.distill,
+        largest_weight=args.largest_weight,
         init=lm.weights,
     )
     # flush: training runs for hours under nohup, its log must be readable as it goes
