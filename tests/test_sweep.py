@@ -171,3 +171,24 @@ def test_more_classes_than_the_model_predicts_is_refused(tmp_path):
     data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=1, classes=4))
     with pytest.raises(ReswiseError, match="4 classes but the model predicts 3"):
         sweep(Tiny(), data, [32])
+
+
+@needs_shared
+def test_reswise_trained_weights_score_what_their_cards_say():
+    """Both ResNet-20 weights reswise ships, on the whole CIFAR-10 (JPEG copy) test set."""
+    from reswise.models import model_info
+
+    data = load_dataset("imagefolder", CIFAR_JPEG / "test")
+    top = {}
+    for w in model_info("cifar_resnet20").weights:
+        if not w.tag.startswith("reswise"):
+            continue
+        lm = create_model("cifar_resnet20", pretrained=w.tag)
+        rows = sweep(lm, data, [32, 20]).rows
+        top[w.tag] = {row["resolution"]: row["top1"] for row in rows}
+        assert top[w.tag][32] == pytest.approx(w.top1, abs=0.05), w.tag  # BN folding: tiny shifts
+    # the multi-resolution weights carry private BN for 20x20 and are built to run there
+    assert "reswise.bn.20.bn1.running_mean" in create_model(
+        "cifar_resnet20", pretrained="reswise_jpeg_multires"
+    ).extra["extra_state"]
+    assert top["reswise_jpeg_multires"][20] > top["reswise_jpeg"][20] + 5

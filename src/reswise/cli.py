@@ -327,7 +327,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
     import numpy as np
 
     from . import distributed
-    from .bn_recal import load_bn_states, recalibrate_all
+    from .bn_recal import recalibrate_all
     from .data import parse_resolutions
     from .evaluate import summarize
     from .flops import flops_table
@@ -338,13 +338,11 @@ def run_sweep(args: argparse.Namespace) -> tuple[Any, Path]:
     out = default_out(args)
     out.mkdir(parents=True, exist_ok=True)
     policy = policy_for(args, lm.info)
-    # a checkpoint written by `reswise recalibrate` carries BN statistics per resolution
-    ckpt_bn = load_bn_states(lm.extra.get("extra_state", {}))
-    if ckpt_bn:
-        lm.weights += f" + per-resolution BN statistics for {sorted(ckpt_bn)}"
     kw = dict(policy=policy, batch_size=args.batch_size, fast=not args.no_fast,
               device=args.device, progress=not args.no_progress)  # fmt: skip
-    result = distributed.sweep(lm, data, res, args.reference, bn_states=ckpt_bn or None,
+    # weights that carry BN statistics per resolution (`reswise recalibrate`, `adapt`,
+    # multi-resolution training) are evaluated with them: sweep() applies lm.extra's
+    result = distributed.sweep(lm, data, res, args.reference,
                                checkpoint_path=out / "progress.npz", **kw)  # fmt: skip
     if getattr(args, "recalibrate_bn", False):
         calib, calib_desc, calib_split = load_calib(args, data)

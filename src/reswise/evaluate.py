@@ -232,6 +232,12 @@ def sweep(
     """
     if isinstance(model, LoadedModel):
         info, name, weights, net = model.info, model.info.name, model.weights, model.model
+        if bn_states is None:  # weights that carry per-resolution BN/adapters are used with them
+            from .bn_recal import load_bn_states
+
+            bn_states = load_bn_states(model.extra.get("extra_state", {})) or None
+            if bn_states:
+                weights += f" + per-resolution BN statistics for {sorted(bn_states)}"
     else:
         info, name, weights, net = None, model.__class__.__name__, "user module", model
     mean = mean or (info.mean if info else (0.485, 0.456, 0.406))

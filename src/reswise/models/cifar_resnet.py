@@ -103,10 +103,23 @@ _RESWISE = {
         notes="he2016 weights fine-tuned 10 epochs on cifar10-jpeg/train; card: cifar_resnet20.md",
     ),
 }
+# built to run at several sizes: shared convolutions, private BN for 24 and 20 (in the file)
+_RESWISE_MULTIRES = {
+    20: Weights(
+        tag="reswise_jpeg_multires",
+        filename="cifar_resnet20_multires-ded8ef9c.pt",
+        sha256="ded8ef9c92fd3673a4243cdf12ea40664ce4e595d2578a79d91af5751566a56f",
+        subdir="cifar10-jpeg",
+        dataset="CIFAR-10 (JPEG copy)",
+        top1=88.81,
+        notes="reswise_jpeg fine-tuned 10 epochs at 32, 24, 20 (private BN, distilled); "
+        "card: cifar_resnet20_multires.md",
+    ),
+}
 
 
 def _register(depth: int) -> None:
-    weights = tuple(w for w in (_RESWISE.get(depth),) if w)
+    weights = tuple(w for w in (_RESWISE.get(depth), _RESWISE_MULTIRES.get(depth)) if w)
     weights += (_he2016(depth, *_SHAS[depth]),) if depth in _SHAS else ()
     info = ModelInfo(
         name=f"cifar_resnet{depth}",
