@@ -128,3 +128,30 @@ def test_timm_prefix_models_carry_their_preprocessing():
     assert info.input_size == 224 and info.task == "imagenet"
     with pytest.raises(ReswiseError, match="timm has no model"):
         model_info("timm:not_a_model_xyz")
+
+
+def test_every_shipped_weight_file_is_packaged_hashed_and_has_a_model_card():
+    """Weights reswise trained live in the package, match their sha256 and have a card."""
+    import hashlib
+    from pathlib import Path
+
+    import reswise
+    from reswise.models import list_models, model_info
+
+    root = Path(reswise.__file__).parent / "weights"
+    shipped = [
+        (name, w)
+        for name in list_models()
+        for w in model_info(name).weights
+        if w.tag.startswith("reswise")
+    ]
+    assert {name for name, _ in shipped} >= {"cifar_resnet20"}
+    for name, w in shipped:
+        f = root / w.subdir / w.filename
+        assert f.is_file(), f
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == w.sha256, f
+        assert w.filename.split("-")[1].startswith(w.sha256[:8])  # name carries the hash prefix
+        card = w.notes.split("card: ")[1]
+        assert (root / w.subdir / card).is_file(), card
+        assert w.sha256 in (root / w.subdir / card).read_text()
+        assert w.dataset == "CIFAR-10 (JPEG copy)" and w.top1 is not None
