@@ -145,10 +145,10 @@ def test_every_shipped_weight_file_is_packaged_hashed_and_has_a_model_card():
         for w in model_info(name).weights
         if w.tag.startswith("reswise")
     ]
-    assert {name for name, _ in shipped} >= {"cifar_resnet20"}
+    assert {name for name, _ in shipped} >= {"cifar_resnet20", "cifar_mobilenetv2_050"}
     for name, w in shipped:
         f = root / w.subdir / w.filename
-        assert f.is_file(), f
+        assert f.is_file(), (name, f)
         assert hashlib.sha256(f.read_bytes()).hexdigest() == w.sha256, f
         assert w.filename.split("-")[1].startswith(w.sha256[:8])  # name carries the hash prefix
         card = w.notes.split("card: ")[1]

@@ -188,7 +188,8 @@ def test_reswise_trained_weights_score_what_their_cards_say():
         top[w.tag] = {row["resolution"]: row["top1"] for row in rows}
         assert top[w.tag][32] == pytest.approx(w.top1, abs=0.05), w.tag  # BN folding: tiny shifts
     # the multi-resolution weights carry private BN for 20x20 and are built to run there
-    assert "reswise.bn.20.bn1.running_mean" in create_model(
-        "cifar_resnet20", pretrained="reswise_jpeg_multires"
-    ).extra["extra_state"]
+    assert (
+        "reswise.bn.20.bn1.running_mean"
+        in create_model("cifar_resnet20", pretrained="reswise_jpeg_multires").extra["extra_state"]
+    )
     assert top["reswise_jpeg_multires"][20] > top["reswise_jpeg"][20] + 5

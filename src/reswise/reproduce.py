@@ -29,7 +29,7 @@ SEED_RESNET50_IMAGENET_FLOPS = {
     154: 49.50,
     140: 57.26,
 }
-CIFAR_FAMILIES = ("cifar_nasnet_a", "cifar_resnet20", "cifar_resnet56", "cifar_mobilenetv2")
+CIFAR_FAMILIES = ("cifar_nasnet_a", "cifar_resnet20", "cifar_resnet56", "cifar_mobilenetv2_050")
 
 
 def reproduce(

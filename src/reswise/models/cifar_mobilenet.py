@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._registry import ModelInfo, register_model
+from ._registry import ModelInfo, Weights, register_model
 
 # (expansion t, channels c, blocks n, first stride s); torchvision's table with s=1 for c=24
 CIFAR_CFG = (
@@ -79,7 +79,21 @@ class CifarMobileNetV2(nn.Module):
         return self.classifier(x)
 
 
+_RESWISE = {
+    "cifar_mobilenetv2_050": Weights(
+        tag="reswise_jpeg",
+        filename="cifar_mobilenetv2_050-162ac516.pt",
+        sha256="162ac51643087873f227cfc3512dfbff32e6f343b416e74c4b818fb9ab16af12",
+        subdir="cifar10-jpeg",
+        dataset="CIFAR-10 (JPEG copy)",
+        top1=85.42,
+        notes="trained from scratch 15 epochs on cifar10-jpeg/train; card: cifar_mobilenetv2_050.md",
+    ),
+}
+
+
 def _register(name: str, width: float) -> None:
+    w = _RESWISE.get(name)
     info = ModelInfo(
         name=name,
         family="cifar_mobilenet",
@@ -87,8 +101,8 @@ def _register(name: str, width: float) -> None:
         input_size=32,
         num_classes=10,
         min_size=4,  # three stride-2 stages; smaller inputs are 1x1 before the last one
-        weights=(),
-        default_weights=None,
+        weights=(w,) if w else (),
+        default_weights=w.tag if w else None,
     )
 
     @register_model(info)
