@@ -648,7 +648,7 @@ def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def headroom_table(rows: list[dict[str, Any]], max_drop: float, n: int) -> str:
-    from .policies.oracle import SIGNALS
+    from .policies.cascade import SIGNALS
 
     head = " | ".join(f"{s}: AUROC, answered at r, FLOPs saved" for s in SIGNALS)
     lines = [f"\ntwo-stage chains [r, reference] within {max_drop} point(s), thresholds chosen "

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..evaluate import Records
 from ..stats import drop_summary
+from .cascade import SIGNALS
 from .split import check_inputs, flops_drop_pct
 
 
@@ -46,22 +47,15 @@ def oracle(
     return out
 
 
-SIGNALS = ("max_softmax", "margin", "entropy")
-
-
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
     """Probability that a random positive scores above a random negative (ties count half)."""
     pos, neg = int(positive.sum()), int((~positive).sum())
     if pos == 0 or neg == 0:
         return float("nan")
-    order = np.argsort(score, kind="stable")
-    ranks = np.empty(len(score), np.float64)
-    s = score[order]
-    # average ranks over ties
-    starts = np.r_[0, np.nonzero(np.diff(s))[0] + 1]
-    ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + b + 1) / 2
+    # 1-based ranks, averaged over ties: a tie group spanning ranks lo+1..hi gets (lo+hi+1)/2
+    _, group, counts = np.unique(score, return_inverse=True, return_counts=True)
+    hi = np.cumsum(counts)
+    ranks = ((hi - counts + hi + 1) / 2.0)[group]
     return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
