@@ -148,3 +148,20 @@ def test_loss_weights_sum_to_one_and_reject_bad_shares():
             assert "--largest-weight" in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_training_device_flag_fails_cleanly_without_a_gpu(tmp_path, capsys):
+    from reswise.cli import main
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("a GPU is visible here")
+    root = make_imagefolder(tmp_path / "d", n_per_class=2)
+    for dev, says in (("cuda", "no CUDA GPU"), ("tpu", "not a device")):
+        argv = ["train", "--model", "cifar_resnet20", "--random-init", "--dataset"]
+        argv += ["imagefolder", "--data-root", str(root), "--out", str(tmp_path / "m.pt")]
+        assert main([*argv, "--device", dev]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.pt.state").exists()

@@ -35,6 +35,26 @@ def test_decode_cache_is_reused_and_invalidated_by_changes(tiny_folder):
     assert c.images[0].sum() == 0 and not torch.equal(a.images[0], c.images[0])
 
 
+def test_two_processes_decoding_one_folder_at_once_both_get_it(tiny_folder, monkeypatch):
+    """Bug: concurrent runs (four trainings on one GPU machine) shared one temporary file name,
+    so the slower one's rename failed with FileNotFoundError after the faster one's."""
+    from reswise.data import datasets
+
+    real_save, nested, calls = torch.save, [], []
+
+    def save_then_let_the_other_process_finish(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        calls.append(f)
+        if len(calls) == 1:  # the other process decodes and publishes the cache meanwhile
+            nested.append(load_dataset("imagefolder", tiny_folder))
+
+    monkeypatch.setattr(datasets.torch, "save", save_then_let_the_other_process_finish)
+    first = load_dataset("imagefolder", tiny_folder)
+    assert torch.equal(first.images, nested[0].images)
+    leftovers = [p.name for p in (datasets.cache_dir() / "decoded").iterdir()]
+    assert all(n.endswith(".pt") for n in leftovers), leftovers
+
+
 def test_corrupt_images_are_skipped_and_counted_or_named(tiny_folder):
     bad = tiny_folder / "class2" / "bad.png"
     bad.write_bytes(b"\x89PNG garbage")

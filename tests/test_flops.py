@@ -47,3 +47,11 @@ def test_input_the_network_cannot_take_is_a_clear_error():
     with pytest.raises(ReswiseError, match="cannot take 6x6 inputs"):
         FlopAnalysis(net, 6).total()
     assert FlopAnalysis(net, 9).total() > 0
+
+
+def test_flops_are_counted_where_the_weights_live():
+    """A model already moved to another device (a GPU in training; 'meta' here) is counted there."""
+    lm = create_model("cifar_resnet20", pretrained=False)
+    on_cpu = flops_table(lm.model, [32, 16])
+    on_meta = flops_table(lm.model.to("meta"), [32, 16])
+    assert [r["flops"] for r in on_meta] == [r["flops"] for r in on_cpu]

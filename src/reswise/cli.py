@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NCHW tensors (faster for depthwise-heavy nets such as MobileNetV2 here)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU when one is visible, else the CPU) | cpu | cuda")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     add_json(p)
     p = sub.add_parser("adapt", help="per-resolution adapters: BN + classifier tuned at each r")
@@ -821,8 +823,9 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset, parse_resolutions
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resolve_device, train
 
+    device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
     lm = load_model(args, need_weights=False)
     data = load_data(args)
     test = load_dataset("imagefolder", args.test_root) if args.test_root else None
@@ -851,7 +854,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.json
         else (lambda m: print(m, flush=True))
     )
-    return train(lm, data, cfg, args.out, test_data=test, progress=not args.no_progress, log=log)
+    return train(
+        lm, data, cfg, args.out, test_data=test, progress=not args.no_progress, log=log,
+        device=device,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- entry point

@@ -32,7 +32,9 @@ class FlopAnalysis:
     def _counts(self) -> dict[str, dict[str, int]]:
         was_training = self.model.training
         self.model.eval()
-        x = torch.zeros(1, self.channels, self.resolution, self.resolution)
+        # the probe goes where the weights are, so a model already on a GPU is counted there
+        dev = next((t.device for t in self.model.parameters()), torch.device("cpu"))
+        x = torch.zeros(1, self.channels, self.resolution, self.resolution, device=dev)
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as fc:
                 self.model(x)

@@ -50,17 +50,22 @@ class TrainConfig:
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with reflect padding and random horizontal flip, on a whole uint8 batch."""
+    """Random crop with reflect padding and random horizontal flip, on a whole uint8 batch.
+
+    The random draws come from the CPU generator ``g`` wherever ``x`` lives, so a run draws
+    the same crops and flips on a GPU as on the CPU and resumes from the same saved state.
+    """
     b, c, h, w = x.shape
+    dev = x.device
     xp = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    flip = torch.rand(b, generator=g) < 0.5
-    cols = torch.arange(w).expand(b, w)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(dev)
+    flip = (torch.rand(b, generator=g) < 0.5).to(dev)
+    cols = torch.arange(w, device=dev).expand(b, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
-    rows = dy[:, None] + torch.arange(h)
-    bi = torch.arange(b)[:, None, None, None]
-    ci = torch.arange(c)[None, :, None, None]
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
@@ -95,21 +100,40 @@ def _same_config(saved: str, cfg: TrainConfig) -> bool:
     return {**as_json(TrainConfig()), **json.loads(saved)} == as_json(cfg)
 
 
-def evaluate_multires(lm: LoadedModel, wrapper: PrivateBN, data: Dataset) -> dict[int, float]:
+def evaluate_multires(
+    lm: LoadedModel, wrapper: PrivateBN, data: Dataset, device: str = "cpu"
+) -> dict[int, float]:
     """Test top-1 at every training resolution, each with its own BN set."""
     from .evaluate import sweep
 
     states = {r: {k: v.detach() for k, v in wrapper.overrides(r).items()} for r in wrapper.extra}
     res = [wrapper.native, *wrapper.extra]
-    rows = sweep(lm, data, res, bn_states=states, batch_size=256).rows
+    rows = sweep(lm, data, res, bn_states=states, batch_size=256, device=device).rows
     return {row["resolution"]: row["top1"] for row in rows}
 
 
-def evaluate_top1(lm: LoadedModel, data: Dataset, batch_size: int = 256) -> float:
+def evaluate_top1(
+    lm: LoadedModel, data: Dataset, batch_size: int = 256, device: str = "cpu"
+) -> float:
     from .evaluate import sweep
 
     r = lm.info.input_size
-    return sweep(lm, data, [r], batch_size=batch_size).rows[0]["top1"]
+    return sweep(lm, data, [r], batch_size=batch_size, device=device).rows[0]["top1"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when there is one, else the CPU; a clear error otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ReswiseError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReswiseError("--device cuda but no CUDA GPU is visible here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ReswiseError(f"--device {name!r} is not supported; use auto, cpu or cuda")
+    return dev
 
 
 def train(
@@ -120,8 +144,14 @@ def train(
     test_data: Dataset | None = None,
     progress: bool = True,
     log: Any = print,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train ``lm.model`` in place; resume from ``out.state`` when it exists with the same config."""
+    """Train ``lm.model`` in place; resume from ``out.state`` when it exists with the same config.
+
+    ``device`` is not part of the config: a run started on the CPU resumes on a GPU and back
+    (augmentation draws stay on the CPU generator; only dropout-style noise differs).
+    """
+    dev = torch.device(device)
     if not isinstance(train_data, TensorImages):
         raise ReswiseError(
             "training needs same-size images held in memory (e.g. cifar10-jpeg/train)"
@@ -136,6 +166,9 @@ def train(
     # multi-resolution training with private BN trains a wrapper; the convolutions stay shared
     multi = len(res_cycle) > 1 and cfg.private_bn
     model: nn.Module = PrivateBN(lm.model, res_cycle, lm.info.input_size) if multi else lm.model
+    model.to(dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # a handful of fixed shapes: tune once each
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(
@@ -145,7 +178,9 @@ def train(
     steps_per_epoch = n // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scale_shift = normalizer(lm.info.mean, lm.info.std)
+    scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
+    # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
+    images, labels = train_data.images.to(dev), train_data.labels.to(dev)
     history: list[dict[str, Any]] = []
     start_epoch, wall = 0, 0.0
     if state_path.is_file():
@@ -164,7 +199,7 @@ def train(
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=g)
-        tot_loss, seen = 0.0, 0
+        tot_loss, seen = torch.zeros((), device=dev), 0
         bar = None
         if progress:
             from tqdm import tqdm
@@ -174,10 +209,10 @@ def train(
             step = epoch * steps_per_epoch + s
             for gr in opt.param_groups:
                 gr["lr"] = lr_at(step, total, warmup, cfg.lr)
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = augment(train_data.images[idx], g)
-            yb = train_data.labels[idx]
-            loss = 0.0
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size].to(dev)
+            xb = augment(images[idx], g)
+            yb = labels[idx]
+            loss = torch.zeros((), device=dev)
             opt.zero_grad(set_to_none=True)
             teacher = None
             for r, w in zip(res_cycle, weights):  # largest first, so it can teach the others
@@ -189,7 +224,7 @@ def train(
                     )
                 )
                 x = to_input(x, scale_shift, channels_last=cfg.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = (model(x, r) if multi else model(x)).float()
                 li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 if cfg.distill and teacher is not None:
@@ -198,24 +233,30 @@ def train(
                 if teacher is None:
                     teacher = logits.detach().softmax(1)
                 (li * w).backward()
-                loss += li.item() * w
+                loss += li.detach() * w  # no .item(): a GPU keeps running ahead
             opt.step()
             tot_loss += loss * len(idx)
             seen += len(idx)
             if bar:
                 bar.update(1)
                 if s % 20 == 0:
-                    bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
+                    bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}")
         if bar:
             bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
         wall += time.perf_counter() - t0
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot_loss / max(1, seen), "wall_s": wall}
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": tot_loss.item() / max(1, seen),
+            "wall_s": wall,
+        }
         if test_data is not None:
             model.eval()
             if multi:
-                rec["test_top1"] = evaluate_multires(lm, model, test_data)
+                rec["test_top1"] = evaluate_multires(lm, model, test_data, device=str(dev))
             else:
-                rec["test_top1"] = evaluate_top1(lm, test_data)
+                rec["test_top1"] = evaluate_top1(lm, test_data, device=str(dev))
         history.append(rec)
         log(json.dumps(rec))
         tmp = state_path.with_suffix(".tmp")
@@ -234,5 +275,12 @@ def train(
         )
         tmp.replace(state_path)
     model.eval()
-    torch.save(model.checkpoint_state() if multi else model.state_dict(), out)
-    return {"epochs": cfg.epochs, "wall_s": wall, "history": history, "config": asdict(cfg)}
+    final = model.checkpoint_state() if multi else model.state_dict()
+    torch.save({k: v.detach().cpu() for k, v in final.items()}, out)  # loads anywhere
+    return {
+        "epochs": cfg.epochs,
+        "wall_s": wall,
+        "history": history,
+        "config": asdict(cfg),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+    }

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import tarfile
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +235,10 @@ def load_imagefolder(
     lab = torch.tensor([lbl for lbl, k in zip(labels, ok, strict=True) if k])
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        # a fresh temporary name per writer: runs started together decode one folder at once
+        fd, name = tempfile.mkstemp(suffix=".tmp", prefix=cache.stem, dir=cache.parent)
+        os.close(fd)
+        tmp = Path(name)
         torch.save(
             {
                 "images": images,
