@@ -51,6 +51,7 @@ def test_two_processes_decoding_one_folder_at_once_both_get_it(tiny_folder, monk
     monkeypatch.setattr(datasets.torch, "save", save_then_let_the_other_process_finish)
     first = load_dataset("imagefolder", tiny_folder)
     assert torch.equal(first.images, nested[0].images)
+    assert first.name == nested[0].name == str(tiny_folder)  # results name the data, not a file
     leftovers = [p.name for p in (datasets.cache_dir() / "decoded").iterdir()]
     assert all(n.endswith(".pt") for n in leftovers), leftovers
 

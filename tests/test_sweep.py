@@ -175,7 +175,7 @@ def test_more_classes_than_the_model_predicts_is_refused(tmp_path):
 
 @needs_shared
 def test_reswise_trained_weights_score_what_their_cards_say():
-    """Both ResNet-20 weights reswise ships, on the whole CIFAR-10 (JPEG copy) test set."""
+    """Every ResNet-20 weight reswise ships, on the whole CIFAR-10 (JPEG copy) test set."""
     from reswise.models import model_info
 
     data = load_dataset("imagefolder", CIFAR_JPEG / "test")
@@ -193,3 +193,4 @@ def test_reswise_trained_weights_score_what_their_cards_say():
         in create_model("cifar_resnet20", pretrained="reswise_jpeg_multires").extra["extra_state"]
     )
     assert top["reswise_jpeg_multires"][20] > top["reswise_jpeg"][20] + 5
+    assert top["reswise_jpeg_multires_v2"][20] > top["reswise_jpeg_multires"][20] + 2

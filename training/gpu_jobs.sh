@@ -21,8 +21,12 @@ else
   E1=30; E2=30; E3=30; E4=30
   cp training/cifar_nasnet_a.pt.state "$OUT/cifar_nasnet_a.pt.state"  # resumes after epoch 2
 fi
+# STATES=DIR: resume every run from the states a cut-short earlier call brought back
+[ -n "${STATES:-}" ] && cp "$STATES"/*.pt.state "$OUT"/
+JOBS=${JOBS:-cifar_nasnet_a mbv2_050 mbv2_050_mr r20_mr4}
 run() {  # name, then reswise train flags; one log for all runs, each line tagged
   local name=$1; shift
+  [[ " $JOBS " == *" $name "* ]] || return 0
   ( timeout -s TERM "$LIMIT" $PY -m reswise train "$@" "${common[@]}" --out "$OUT/$name.pt" 2>&1 \
       | sed -u "s/^/[$name] /" >> "$OUT/train.log" ) &
 }

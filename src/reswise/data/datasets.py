@@ -236,9 +236,9 @@ def load_imagefolder(
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # a fresh temporary name per writer: runs started together decode one folder at once
-        fd, name = tempfile.mkstemp(suffix=".tmp", prefix=cache.stem, dir=cache.parent)
+        fd, tmp_name = tempfile.mkstemp(suffix=".tmp", prefix=cache.stem, dir=cache.parent)
         os.close(fd)
-        tmp = Path(name)
+        tmp = Path(tmp_name)
         torch.save(
             {
                 "images": images,
