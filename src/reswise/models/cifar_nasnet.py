@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import ModelInfo, register_model
+from ._registry import ModelInfo, Weights, register_model
 
 # Each block: (left op, left input, right op, right input), summed; the inputs index the cell's
 # hidden states, 0 = this cell's input h_i, 1 = the one before it h_{i-1}, 2.. = earlier blocks.
@@ -262,7 +262,22 @@ _CONFIGS = {
 }
 
 
+# Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (card beside the file).
+_RESWISE = {
+    "cifar_nasnet_a": Weights(
+        tag="reswise_jpeg",
+        filename="cifar_nasnet_a-45a747d4.pt",
+        sha256="45a747d4ec4e5e9e3d3bf525348b90db571a83cdb6fb1f357a7d1754cf9dbf81",
+        subdir="cifar10-jpeg",
+        dataset="CIFAR-10 (JPEG copy)",
+        top1=86.30,
+        notes="trained from scratch 30 epochs (CPU + H200); card: cifar_nasnet_a.md",
+    ),
+}
+
+
 def _register(name: str, defaults: dict[str, int]) -> None:
+    w = _RESWISE.get(name)
     info = ModelInfo(
         name=name,
         family="cifar_nasnet",
@@ -270,8 +285,8 @@ def _register(name: str, defaults: dict[str, int]) -> None:
         input_size=32,
         num_classes=10,
         min_size=4,  # two reductions; smaller inputs are 1x1 before the last stage
-        weights=(),
-        default_weights=None,
+        weights=(w,) if w else (),
+        default_weights=w.tag if w else None,
     )
 
     @register_model(info)
