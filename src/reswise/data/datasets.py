@@ -13,6 +13,7 @@ import os
 import pickle
 import tarfile
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,11 @@ def _decode_many(paths: list[str]) -> list[tuple[torch.Tensor | None, str]]:
     for start in range(0, len(jpegs), 4096):
         part = jpegs[start : start + 4096]
         try:
-            imgs = decode_jpeg([read_file(paths[i]) for i in part], mode=ImageReadMode.RGB)
+            # torchvision 0.29 deprecates its decoders for torchcodec and warns on every file
+            # read; they are still the fastest batched CPU JPEG path here, so say it once (README)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                imgs = decode_jpeg([read_file(paths[i]) for i in part], mode=ImageReadMode.RGB)
             for i, im in zip(part, imgs):
                 out[i] = (im, "")
         except (RuntimeError, ValueError, OSError):
