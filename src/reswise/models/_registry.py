@@ -40,6 +40,13 @@ class Weights:
     notes: str = ""
 
 
+def jpeg_weights(tag: str, filename: str, sha256: str, top1: float, notes: str) -> Weights:
+    """Weights reswise trained on ../shared/datasets/cifar10-jpeg/train, shipped in the package
+    (``weights/cifar10-jpeg/``, model card beside the file)."""
+    return Weights(tag=tag, filename=filename, sha256=sha256, subdir="cifar10-jpeg",
+                   dataset="CIFAR-10 (JPEG copy)", top1=top1, notes=notes)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Preprocessing facts that belong to a model's weights, not to its caller."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._registry import ModelInfo, Weights, register_model
+from ._registry import ModelInfo, jpeg_weights, register_model
 
 # (expansion t, channels c, blocks n, first stride s); torchvision's table with s=1 for c=24
 CIFAR_CFG = (
@@ -80,14 +80,12 @@ class CifarMobileNetV2(nn.Module):
 
 
 _RESWISE = {
-    "cifar_mobilenetv2_050": Weights(
-        tag="reswise_jpeg",
-        filename="cifar_mobilenetv2_050-6c6d0a28.pt",
-        sha256="6c6d0a284c045cd6da4b3bbaa79d46c877c80912f834a94de00ef8a081db8b8f",
-        subdir="cifar10-jpeg",
-        dataset="CIFAR-10 (JPEG copy)",
-        top1=87.38,
-        notes="trained from scratch 30 epochs (H200 + CPU); card: cifar_mobilenetv2_050.md",
+    "cifar_mobilenetv2_050": jpeg_weights(
+        "reswise_jpeg",
+        "cifar_mobilenetv2_050-6c6d0a28.pt",
+        "6c6d0a284c045cd6da4b3bbaa79d46c877c80912f834a94de00ef8a081db8b8f",
+        87.38,
+        "trained from scratch 30 epochs (H200 + CPU); card: cifar_mobilenetv2_050.md",
     ),
 }
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import ModelInfo, Weights, register_model
+from ._registry import ModelInfo, jpeg_weights, register_model
 
 # Each block: (left op, left input, right op, right input), summed; the inputs index the cell's
 # hidden states, 0 = this cell's input h_i, 1 = the one before it h_{i-1}, 2.. = earlier blocks.
@@ -264,14 +264,12 @@ _CONFIGS = {
 
 # Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (card beside the file).
 _RESWISE = {
-    "cifar_nasnet_a": Weights(
-        tag="reswise_jpeg",
-        filename="cifar_nasnet_a-45a747d4.pt",
-        sha256="45a747d4ec4e5e9e3d3bf525348b90db571a83cdb6fb1f357a7d1754cf9dbf81",
-        subdir="cifar10-jpeg",
-        dataset="CIFAR-10 (JPEG copy)",
-        top1=86.30,
-        notes="trained from scratch 30 epochs (CPU + H200); card: cifar_nasnet_a.md",
+    "cifar_nasnet_a": jpeg_weights(
+        "reswise_jpeg",
+        "cifar_nasnet_a-45a747d4.pt",
+        "45a747d4ec4e5e9e3d3bf525348b90db571a83cdb6fb1f357a7d1754cf9dbf81",
+        86.30,
+        "trained from scratch 30 epochs (CPU + H200); card: cifar_nasnet_a.md",
     ),
 }
 

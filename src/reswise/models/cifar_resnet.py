@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import ModelInfo, Weights, register_model
+from ._registry import ModelInfo, Weights, jpeg_weights, register_model
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 
@@ -91,30 +91,35 @@ _SHAS = {
 }
 
 
-def _jpeg(tag: str, filename: str, sha256: str, top1: float, notes: str) -> Weights:
-    """Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (card beside the file)."""
-    return Weights(tag=tag, filename=filename, sha256=sha256, subdir="cifar10-jpeg",
-                   dataset="CIFAR-10 (JPEG copy)", top1=top1, notes=notes)  # fmt: skip
-
-
 # first = default. The multires ones are built to run at several sizes: shared convolutions,
 # private BN per extra training resolution, stored in the same file.
 _RESWISE = {
     20: (
-        _jpeg("reswise_jpeg", "cifar_resnet20-b7e33cc6.pt",
-              "b7e33cc6754f2c05e5bd3c64ee408b984bd275a0bd62d29761cdaa51d90a47cf", 88.95,
-              "he2016 weights fine-tuned 10 epochs on cifar10-jpeg/train; "
-              "card: cifar_resnet20.md"),
-        _jpeg("reswise_jpeg_multires", "cifar_resnet20_multires-ded8ef9c.pt",
-              "ded8ef9c92fd3673a4243cdf12ea40664ce4e595d2578a79d91af5751566a56f", 88.81,
-              "reswise_jpeg fine-tuned 10 epochs at 32, 24, 20 (private BN, distilled); "
-              "card: cifar_resnet20_multires.md"),
-        _jpeg("reswise_jpeg_multires_v2", "cifar_resnet20_multires_v2-216c788a.pt",
-              "216c788a0b1986a03473c160fe287745eff7786a4e607ae1e70c455368d5c7d1", 88.87,
-              "reswise_jpeg fine-tuned 30 epochs at 32, 24, 20, 16 on a GPU (private BN, "
-              "distilled); card: cifar_resnet20_multires_v2.md"),
+        jpeg_weights(
+            "reswise_jpeg",
+            "cifar_resnet20-b7e33cc6.pt",
+            "b7e33cc6754f2c05e5bd3c64ee408b984bd275a0bd62d29761cdaa51d90a47cf",
+            88.95,
+            "he2016 weights fine-tuned 10 epochs on cifar10-jpeg/train; card: cifar_resnet20.md",
+        ),
+        jpeg_weights(
+            "reswise_jpeg_multires",
+            "cifar_resnet20_multires-ded8ef9c.pt",
+            "ded8ef9c92fd3673a4243cdf12ea40664ce4e595d2578a79d91af5751566a56f",
+            88.81,
+            "reswise_jpeg fine-tuned 10 epochs at 32, 24, 20 (private BN, distilled); "
+            "card: cifar_resnet20_multires.md",
+        ),
+        jpeg_weights(
+            "reswise_jpeg_multires_v2",
+            "cifar_resnet20_multires_v2-216c788a.pt",
+            "216c788a0b1986a03473c160fe287745eff7786a4e607ae1e70c455368d5c7d1",
+            88.87,
+            "reswise_jpeg fine-tuned 30 epochs at 32, 24, 20, 16 on a GPU (private BN, "
+            "distilled); card: cifar_resnet20_multires_v2.md",
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def _register(depth: int) -> None:
