@@ -165,3 +165,11 @@ def test_training_device_flag_fails_cleanly_without_a_gpu(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert says in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m.pt.state").exists()
+    # sweep and latency share the one device check
+    for argv in (
+        ["sweep", "--model", "cifar_resnet20", "--random-init", "--dataset", "imagefolder",
+         "--data-root", str(root), "--resolutions", "32", "--out", str(tmp_path / "s")],
+        ["latency", "--model", "cifar_resnet20", "--resolutions", "32"],
+    ):  # fmt: skip
+        assert main([*argv, "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err

@@ -16,12 +16,11 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 common=(--dataset imagefolder --data-root $DATA/train --test-root $DATA/test --no-progress)
 if [ "${SMOKE:-0}" = 1 ]; then
   common+=(--limit 512 --device cpu); E1=1; E2=1; E3=1; E4=1
-  cp training/cifar_nasnet_a.pt.state /dev/null
 else
   E1=30; E2=30; E3=30; E4=30
-  cp training/cifar_nasnet_a.pt.state "$OUT/cifar_nasnet_a.pt.state"  # resumes after epoch 2
 fi
-# STATES=DIR: resume every run from the states a cut-short earlier call brought back
+# STATES=DIR: resume runs from states brought back earlier (the session's NASNet-A run came
+# with its CPU state after epoch 2; every run here resumes the same way)
 [ -n "${STATES:-}" ] && cp "$STATES"/*.pt.state "$OUT"/
 JOBS=${JOBS:-cifar_nasnet_a mbv2_050 mbv2_050_mr r20_mr4}
 run() {  # name, then reswise train flags; one log for all runs, each line tagged

@@ -823,7 +823,8 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset, parse_resolutions
-    from .train import TrainConfig, resolve_device, train
+    from .evaluate import resolve_device
+    from .train import TrainConfig, train
 
     device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
     lm = load_model(args, need_weights=False)

@@ -203,6 +203,24 @@ def _prefetch(fn: Callable[[int], Any], n: int) -> Iterator[Any]:
         yield item
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when there is one, else the CPU; a clear error otherwise.
+
+    One check for every command that takes ``--device`` (sweep, latency, train).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ReswiseError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReswiseError("--device cuda but no CUDA GPU is visible here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ReswiseError(f"--device {name!r} is not supported; use auto, cpu or cuda")
+    return dev
+
+
 def sweep(
     model: nn.Module | LoadedModel,
     dataset: Dataset,
@@ -230,6 +248,7 @@ def sweep(
     every world-th chunk starting at rank (used by the distributed sweep). ``bn_states`` maps a
     resolution to BatchNorm buffers to load before evaluating at it (BN recalibration).
     """
+    device = str(resolve_device(device))
     if isinstance(model, LoadedModel):
         info, name, weights, net = model.info, model.info.name, model.weights, model.model
         if bn_states is None:  # weights that carry per-resolution BN/adapters are used with them

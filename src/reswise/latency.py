@@ -26,7 +26,7 @@ from torch import nn
 
 from .data import parse_resolutions
 from .errors import ReswiseError
-from .evaluate import check_resolutions, fold_for_inference
+from .evaluate import check_resolutions, fold_for_inference, resolve_device
 from .export import export_graph, prepare_model, require_onnxruntime
 from .flops import flops_table
 from .models import LoadedModel
@@ -80,13 +80,8 @@ def _check_args(
 ) -> None:
     if runtime not in RUNTIMES:
         raise ReswiseError(f"unknown runtime '{runtime}'; valid: {', '.join(RUNTIMES)}")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ReswiseError(f"device '{device}' needs CUDA, which is not available; use cpu")
-        if runtime == "onnxruntime":
-            raise ReswiseError("the onnxruntime runtime is timed on CPU only; use device cpu")
-    elif device != "cpu":
-        raise ReswiseError(f"device must be 'cpu' or 'cuda[:N]', got '{device}'")
+    if device.startswith("cuda") and runtime == "onnxruntime":
+        raise ReswiseError("the onnxruntime runtime is timed on CPU only; use device cpu")
     if not batch_sizes or any(b <= 0 for b in batch_sizes):
         raise ReswiseError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if threads is not None and threads <= 0:
@@ -160,6 +155,7 @@ def measure_latency(
     resolution and times an ``InferenceSession`` on CPU. Each cell gets ``warmup`` untimed calls,
     then at least ``repeats`` timed calls and at least ``min_time_s`` seconds of them.
     """
+    device = str(resolve_device(device))  # auto | cpu | cuda[:N], one check for all commands
     _check_args(device, runtime, batch_sizes, threads, repeats)
     net = model.model if isinstance(model, LoadedModel) else model
     resolutions = parse_resolutions(list(resolutions))

@@ -121,21 +121,6 @@ def evaluate_top1(
     return sweep(lm, data, [r], batch_size=batch_size, device=device).rows[0]["top1"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA GPU when there is one, else the CPU; a clear error otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ReswiseError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReswiseError("--device cuda but no CUDA GPU is visible here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ReswiseError(f"--device {name!r} is not supported; use auto, cpu or cuda")
-    return dev
-
-
 def train(
     lm: LoadedModel,
     train_data: TensorImages,
@@ -198,7 +183,7 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(dev)  # drawn on the CPU generator, moved once
         tot_loss, seen = torch.zeros((), device=dev), 0
         bar = None
         if progress:
@@ -209,7 +194,7 @@ def train(
             step = epoch * steps_per_epoch + s
             for gr in opt.param_groups:
                 gr["lr"] = lr_at(step, total, warmup, cfg.lr)
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size].to(dev)
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             xb = augment(images[idx], g)
             yb = labels[idx]
             loss = torch.zeros((), device=dev)
