@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Four trainings at once on one GPU machine (they are launch-bound, so they share it well).
+# Trainings side by side on one GPU machine (they are launch-bound, so they share it well).
 # Every run writes its resumable state into $OUT after each epoch, so a run cut short by the
 # time limit comes back and resumes anywhere (`reswise train` with the same flags).
 # Data: the blob from `training/pack_imagefolder.py pack .gpu/cifar10-jpeg train=... test=...`.
@@ -15,9 +15,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 common=(--dataset imagefolder --data-root $DATA/train --test-root $DATA/test --no-progress)
 if [ "${SMOKE:-0}" = 1 ]; then
-  common+=(--limit 512 --device cpu); E1=1; E2=1; E3=1; E4=1
+  common+=(--limit 512 --device cpu); E1=1; E2=1; E3=1; E4=1; E5=1; E6=1
 else
-  E1=30; E2=30; E3=30; E4=30
+  E1=30; E2=30; E3=30; E4=30; E5=${E5:-8}; E6=${E6:-10}
 fi
 # STATES=DIR: resume runs from states brought back earlier (the session's NASNet-A run came
 # with its CPU state after epoch 2; every run here resumes the same way)
@@ -35,6 +35,12 @@ run mbv2_050_mr --model cifar_mobilenetv2_050 --random-init --epochs $E3 --lr 0.
   --no-channels-last --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
 run r20_mr4 --model cifar_resnet20 --pretrained --epochs $E4 --lr 0.02 --warmup-epochs 0.5 \
   --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+# the r20_mr4 recipe (multi-resolution fine-tune of the shipped single-resolution weights)
+# on the other two families; fewer epochs because a session's GPU time is 15 minutes
+run nasnet_mr --model cifar_nasnet_a --pretrained --epochs $E5 --lr 0.02 --warmup-epochs 0.5 \
+  --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+run mbv2_050_mr_ft --model cifar_mobilenetv2_050 --pretrained --epochs $E6 --lr 0.02 \
+  --warmup-epochs 0.5 --no-channels-last --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
 wait
 # a finished run needs only its weights; an unfinished one keeps its state to resume
 for s in "$OUT"/*.pt.state; do [ -f "${s%.state}" ] && rm -f "$s"; done

@@ -262,20 +262,31 @@ _CONFIGS = {
 }
 
 
-# Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (card beside the file).
+# Weights reswise trained on ../shared/datasets/cifar10-jpeg/train (card beside the file); first
+# = default. The multires one runs at several sizes: private BN per extra training resolution.
 _RESWISE = {
-    "cifar_nasnet_a": jpeg_weights(
-        "reswise_jpeg",
-        "cifar_nasnet_a-45a747d4.pt",
-        "45a747d4ec4e5e9e3d3bf525348b90db571a83cdb6fb1f357a7d1754cf9dbf81",
-        86.30,
-        "trained from scratch 30 epochs (CPU + H200); card: cifar_nasnet_a.md",
+    "cifar_nasnet_a": (
+        jpeg_weights(
+            "reswise_jpeg",
+            "cifar_nasnet_a-45a747d4.pt",
+            "45a747d4ec4e5e9e3d3bf525348b90db571a83cdb6fb1f357a7d1754cf9dbf81",
+            86.30,
+            "trained from scratch 30 epochs (CPU + H200); card: cifar_nasnet_a.md",
+        ),
+        jpeg_weights(
+            "reswise_jpeg_multires",
+            "cifar_nasnet_a_multires-34496f2b.pt",
+            "34496f2b0e4520de5f408ef77454a1099de74bad290d756260f5af3cbabfc55c",
+            86.71,
+            "reswise_jpeg fine-tuned 8 epochs at 32, 24, 20, 16 (H200 + CPU; private BN, "
+            "distilled); card: cifar_nasnet_a_multires.md",
+        ),
     ),
 }
 
 
 def _register(name: str, defaults: dict[str, int]) -> None:
-    w = _RESWISE.get(name)
+    ws = _RESWISE.get(name, ())
     info = ModelInfo(
         name=name,
         family="cifar_nasnet",
@@ -283,8 +294,8 @@ def _register(name: str, defaults: dict[str, int]) -> None:
         input_size=32,
         num_classes=10,
         min_size=4,  # two reductions; smaller inputs are 1x1 before the last stage
-        weights=(w,) if w else (),
-        default_weights=w.tag if w else None,
+        weights=ws,
+        default_weights=ws[0].tag if ws else None,
     )
 
     @register_model(info)
