@@ -22,7 +22,7 @@ def test_imagefolder_becomes_one_uint8_tensor_with_sorted_classes(tiny_folder):
     assert d.images.dtype == torch.uint8 and d.images.shape == (18, 3, 32, 32)
     assert d.classes == ["class0", "class1", "class2"]
     assert d.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
-    ref = np.asarray(Image.open(tiny_folder / "class1" / "002.png").convert("RGB"))
+    ref = np.array(Image.open(tiny_folder / "class1" / "002.png").convert("RGB"))
     assert torch.equal(d.images[8], torch.from_numpy(ref).permute(2, 0, 1))
 
 
@@ -131,7 +131,7 @@ def test_full_policy_matches_pil_bilinear_within_rounding(tiny_folder):
     path = tiny_folder / "class0" / "001.png"
     img = decode_image(str(path))
     ours = ResizePolicy("full")(img[None], 20)[0]
-    pil = np.asarray(Image.open(path).convert("RGB").resize((20, 20), Image.BILINEAR))
+    pil = np.array(Image.open(path).convert("RGB").resize((20, 20), Image.BILINEAR))
     diff = (ours.permute(1, 2, 0).int() - torch.from_numpy(pil).int()).abs()
     assert diff.max() <= 2 and diff.float().mean() < 0.5
 
