@@ -12,6 +12,7 @@ from reswise import create_model, load_dataset, sweep
 from reswise.adapt import adapt, adapter_keys, adapter_size
 from reswise.bn_recal import load_bn_states, save_bn_checkpoint
 from reswise.data import ResizePolicy, normalizer, to_input
+from reswise.errors import ReswiseError
 from reswise.multires import PrivateBN
 from reswise.train import TrainConfig, train
 
@@ -46,6 +47,29 @@ def test_adapters_freeze_the_backbone_and_are_used_at_their_resolution(tmp_path)
         assert np.array_equal(res.records.topk_idx[res.records.row(r)], top)
     size = adapter_size(lm.model)
     assert 0 < size["adapter_params"] < size["model_params"] / 10
+
+
+def test_distilled_adapter_learns_from_the_frozen_model_and_leaves_it_alone(tmp_path):
+    from reswise.adapt import adapt_one
+
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=12))
+    torch.manual_seed(0)
+    lm = create_model("cifar_resnet20", pretrained=False)
+    before = copy.deepcopy(lm.model.state_dict())
+    plain = adapt_one(lm, data, 24, steps=3, batch_size=16)
+    again = adapt_one(lm, data, 24, steps=3, batch_size=16, distill=0.0)
+    taught = adapt_one(lm, data, 24, steps=3, batch_size=16, distill=1.0)
+    assert all(torch.equal(plain[k], again[k]) for k in plain)  # 0 = the plain adapter
+    assert not torch.equal(plain["linear.weight"], taught["linear.weight"])
+    for k, v in lm.model.state_dict().items():  # the teacher is the caller's model, untouched
+        assert torch.equal(v, before[k]), k
+    for bad in (-0.1, 1.5):
+        try:
+            adapt_one(lm, data, 24, steps=1, batch_size=16, distill=bad)
+        except ReswiseError as e:
+            assert "distill" in str(e)
+        else:
+            raise AssertionError(bad)
 
 
 def test_multires_training_keeps_private_bn_and_loads_as_a_plain_checkpoint(tmp_path):

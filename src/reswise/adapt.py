@@ -52,8 +52,16 @@ def adapt_one(
     batch_size: int = 128,
     lr: float = 0.01,
     seed: int = 0,
+    distill: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Train one adapter at ``resolution``; the caller's model is never modified."""
+    """Train one adapter at ``resolution``; the caller's model is never modified.
+
+    ``distill`` is the share of the loss spent on matching the unadapted model's softmax on the
+    same image at its native size (KL); the rest is cross-entropy on the labels.
+    """
+    if not 0.0 <= distill <= 1.0:
+        raise ReswiseError(f"distill must be a share between 0 and 1, got {distill}")
+    teacher = copy.deepcopy(lm.model).eval().requires_grad_(False) if distill else None
     model = copy.deepcopy(lm.model)
     keys = set(adapter_keys(model))
     trainable = []
@@ -70,10 +78,17 @@ def adapt_one(
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        x = augment(data.images[idx], g)
+        full = augment(data.images[idx], g)
+        x = full
         if resolution != x.shape[-1]:
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
-        loss = F.cross_entropy(model(to_input(x, scale_shift)), data.labels[idx])
+        logits = model(to_input(x, scale_shift))
+        loss = F.cross_entropy(logits, data.labels[idx])
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(to_input(full, scale_shift)).softmax(1)
+            kl = F.kl_div(logits.log_softmax(1), soft, reduction="batchmean")
+            loss = (1 - distill) * loss + distill * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -91,6 +106,7 @@ def adapt(
     lr: float = 0.01,
     seed: int = 0,
     log: Any = None,
+    distill: float = 0.0,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """One adapter per resolution other than the model's native one."""
     if not isinstance(data, TensorImages):
@@ -101,7 +117,7 @@ def adapt(
     for r in resolutions:
         if r == lm.info.input_size:
             continue
-        out[r] = adapt_one(lm, data, r, steps, batch_size, lr, seed)
+        out[r] = adapt_one(lm, data, r, steps, batch_size, lr, seed, distill)
         if log:
             log(f"adapter for {r}x{r}: {steps} steps done")
     return out
