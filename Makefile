@@ -24,15 +24,15 @@ run: $(STAMP)
 		--out runs/cifar_resnet56_cifar10-jpeg
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks training
+	$(BIN)/ruff format --check src tests benchmarks training
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks training
+	$(BIN)/ruff check --fix src tests benchmarks training
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py

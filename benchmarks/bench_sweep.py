@@ -84,7 +84,7 @@ def main() -> None:
     t_load = time.perf_counter() - t0
     result = sweep(lm, data, res)
     t_total = time.perf_counter() - t0
-    fwd = result.timings["forward_s"]
+    fwd = result.timings["eval_s"]  # resize + normalise + forward + softmax
     shutil.rmtree(cache)
     print(
         f"reswise: {t_total:6.1f} s total ({t_load:.1f} s decoding once, cold cache), "

@@ -10,7 +10,7 @@ import torch
 
 from reswise import create_model, load_dataset, sweep
 from reswise.adapt import adapt, adapter_keys, adapter_size
-from reswise.bn_recal import load_bn_states, save_bn_checkpoint
+from reswise.bn_recal import save_bn_checkpoint
 from reswise.data import ResizePolicy, normalizer, to_input
 from reswise.errors import ReswiseError
 from reswise.multires import PrivateBN
@@ -35,7 +35,7 @@ def test_adapters_freeze_the_backbone_and_are_used_at_their_resolution(tmp_path)
     loaded = create_model("cifar_resnet20", checkpoint=path)
     for k, v in loaded.model.state_dict().items():  # frozen convolutions: bit-identical
         assert torch.equal(v, before[k]), k
-    bn = load_bn_states(loaded.extra["extra_state"])
+    bn = loaded.extra.per_resolution
     res = sweep(loaded, data, [32, 24, 16], bn_states=bn)
     scale_shift = normalizer(lm.info.mean, lm.info.std)
     for r in (24, 16):
@@ -47,6 +47,22 @@ def test_adapters_freeze_the_backbone_and_are_used_at_their_resolution(tmp_path)
         assert np.array_equal(res.records.topk_idx[res.records.row(r)], top)
     size = adapter_size(lm.model)
     assert 0 < size["adapter_params"] < size["model_params"] / 10
+
+
+def test_adapter_resize_equals_the_eval_policy_only_for_whole_image_models():
+    """Why adapt.py keeps its own resize: it matches eval_policy() bit for bit for CIFAR-task
+    models (uint8 or the float batch augment() yields) but not for crop (ImageNet-task) ones."""
+    import torch.nn.functional as F
+
+    from reswise.models import model_info
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (4, 3, 32, 32), generator=g, dtype=torch.uint8)
+    for x in (u8, u8.float() + torch.rand(u8.shape, generator=g)):
+        adapt_resize = F.interpolate(x, size=(24, 24), mode="bilinear", antialias=True)
+        for name in ("cifar_resnet20", "cifar_mobilenetv2_050", "cifar_nasnet_a"):
+            assert torch.equal(model_info(name).eval_policy()(x, 24), adapt_resize), name
+        assert not torch.equal(model_info("resnet18").eval_policy()(x, 24), adapt_resize)
 
 
 def test_distilled_adapter_learns_from_the_frozen_model_and_leaves_it_alone(tmp_path):
@@ -81,7 +97,7 @@ def test_multires_training_keeps_private_bn_and_loads_as_a_plain_checkpoint(tmp_
     assert "reswise.bn.16.bn1.weight" in state and "reswise.bn.32.bn1.weight" not in state
     assert not torch.equal(state["reswise.bn.16.bn1.running_mean"], state["bn1.running_mean"])
     again = create_model("cifar_resnet20", checkpoint=tmp_path / "m.pt")
-    assert sorted(load_bn_states(again.extra["extra_state"])) == [16]
+    assert sorted(again.extra.per_resolution) == [16]
     wrapper = PrivateBN(again.model, [32, 16], 32)
     assert len(wrapper.overrides(16)) == len(wrapper.keys)
 

@@ -53,7 +53,14 @@ def test_sweep_json_schema_and_run_directory(capsys, tmp_path, tiny_folder, ckpt
     assert d["model"] == "cifar_resnet20" and d["reference"] == 32 and d["n"] == 18
     assert [r["resolution"] for r in d["rows"]] == [32, 24, 16]
     for r in d["rows"]:
-        assert {"top1", "top5", "acc_drop_pct", "macs", "flops_drop_pct", "images_per_s"} <= set(r)
+        assert {
+            "top1",
+            "top5",
+            "acc_drop_pct",
+            "macs",
+            "flops_drop_pct",
+            "eval_images_per_s",
+        } <= set(r)
         assert 0 <= r["top1"] <= 100 and r["top5"] >= r["top1"]
     assert d["rows"][1]["flops_drop_pct"] == pytest.approx(43.75, abs=0.05)
     for f in ["results.json", "results.csv", "report.md", "accuracy_vs_flops.png", "records.npz"]:
@@ -366,8 +373,8 @@ def test_calib_split_bn_statistics_never_see_held_out_images(capsys, tmp_path, c
     from PIL import Image
 
     from reswise.data.datasets import scan_imagefolder
-    from reswise.evaluate import Records
     from reswise.policies import calib_heldout_split
+    from reswise.records import Records
 
     root = make_imagefolder(tmp_path / "d", n_per_class=10)
     paths = scan_imagefolder(root)[0]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from reswise.distributed import merge_records
-from reswise.evaluate import Records
 from reswise.models.cifar_resnet import CifarResNet
+from reswise.records import Records
 
 from .conftest import CIFAR_JPEG, needs_shared
 
@@ -101,3 +101,27 @@ def test_two_process_torchrun_sweep_equals_single_process(tmp_path):
     jb = json.loads(two.stdout.strip().splitlines()[-1])
     assert [r["top1"] for r in ja["rows"]] == [r["top1"] for r in jb["rows"]]
     assert jb["timings"]["world_size"] == 2
+
+
+def test_device_auto_under_torchrun_picks_nccl_and_each_rank_its_own_gpu(monkeypatch):
+    """'auto' used to pick gloo (the literal string is not 'cuda...') and then cuda:0 everywhere."""
+    import pytest
+
+    from reswise import distributed
+
+    seen = {}
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.setdefault("gpu", i))
+
+    def init(backend):
+        seen["backend"] = backend
+        raise RuntimeError("stop before any real work")
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", init)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError, match="stop before"):
+        distributed.sweep(None, None, [32], device="auto")
+    assert seen == {"gpu": 1, "backend": "nccl"}

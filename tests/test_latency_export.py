@@ -91,6 +91,32 @@ def test_bn_state_reaches_the_exported_graph(r56, images, tmp_path):
         export_onnx(r56, 24, tmp_path / "bad.onnx", bn_state={"nope.running_mean": torch.zeros(3)})
 
 
+def test_export_uses_the_checkpoints_own_bn_for_the_resolution(tmp_path):
+    from reswise.bn_recal import recalibrate_all, save_bn_checkpoint
+
+    torch.manual_seed(0)
+    lm = create_model("cifar_resnet20")  # random init: recalibrated BN moves its logits a lot
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, 256, (32, 3, 32, 32), generator=g, dtype=torch.uint8)
+    policy = lm.info.eval_policy()
+    states = recalibrate_all(lm.model, calib, [24], policy, lm.info.mean, lm.info.std, None)
+    save_bn_checkpoint(lm.model, states, tmp_path / "bn.pt")
+    loaded = create_model("cifar_resnet20", checkpoint=tmp_path / "bn.pt")
+    check = calib[:8]
+    auto = export_onnx(loaded, 24, tmp_path / "auto.onnx", check_images=check)
+    given = export_onnx(lm, 24, tmp_path / "given.onnx", check_images=check, bn_state=states[24])
+    plain = export_onnx(loaded, 24, tmp_path / "plain.onnx", check_images=check, bn_state={})
+    native = export_onnx(loaded, 32, tmp_path / "native.onnx", check_images=check)
+    assert auto["ok"] and auto["per_resolution_bn"] is True
+    assert given["per_resolution_bn"] is True
+    assert plain["per_resolution_bn"] is False and native["per_resolution_bn"] is False
+    x = _normalise(lm, policy(check, 24))
+    assert np.abs(_run(auto["out"], x) - _run(given["out"], x)).max() < 1e-5
+    assert np.abs(_run(auto["out"], x) - _run(plain["out"], x)).max() > 1e-2
+    # the loaded model keeps its native statistics
+    assert torch.equal(loaded.model.bn1.running_mean, lm.model.bn1.running_mean)
+
+
 def test_failed_check_raises_but_keeps_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "TOLERANCE", 0.0)  # nothing can pass a zero tolerance
     out = tmp_path / "r20.onnx"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reswise import ReswiseError, create_model, list_models, model_info
+from reswise.data import ResizePolicy
 from reswise.models.cifar_resnet import CifarResNet
 
 from .conftest import R56, needs_shared
@@ -155,3 +156,36 @@ def test_every_shipped_weight_file_is_packaged_hashed_and_has_a_model_card():
         assert (root / w.subdir / card).is_file(), card
         assert w.sha256 in (root / w.subdir / card).read_text()
         assert w.dataset == "CIFAR-10 (JPEG copy)" and w.top1 is not None
+
+
+def test_eval_policy_comes_with_the_weights():
+    import dataclasses
+
+    cifar = model_info("cifar_resnet20").eval_policy()
+    assert (cifar.kind, cifar.interpolation, cifar.antialias) == ("full", "bilinear", True)
+    info = model_info("resnet18")
+    assert info.eval_policy() == ResizePolicy("crop", info.crop_pct, info.interpolation, True)
+    timm_like = dataclasses.replace(info, crop_pct=0.95, interpolation="bicubic")
+    assert timm_like.eval_policy() == ResizePolicy("crop", 0.95, "bicubic")
+    # an override wins even when it equals the registry default the model does not use
+    over = timm_like.eval_policy(crop_pct=0.875, interpolation="bilinear", antialias=False)
+    assert over == ResizePolicy("crop", 0.875, "bilinear", False)
+    # an explicit value is used as given, not mistaken for "no override"
+    with pytest.raises(ReswiseError, match="crop-pct"):
+        info.eval_policy(crop_pct=0.0)
+
+
+def test_shared_folder_is_a_default_that_reswise_shared_overrides(tmp_path, monkeypatch):
+    from reswise.models._registry import PROJECT_ROOT, shared_root, weights_roots
+
+    sibling = PROJECT_ROOT.parent / "shared"
+    monkeypatch.delenv("RESWISE_SHARED", raising=False)
+    monkeypatch.setenv("RESWISE_WEIGHTS", str(tmp_path / "mine"))
+    assert shared_root() == sibling
+    roots = weights_roots()
+    assert roots[0] == tmp_path / "mine" and sibling / "weights" in roots
+    monkeypatch.setenv("RESWISE_SHARED", str(tmp_path / "elsewhere"))
+    assert shared_root() == tmp_path / "elsewhere"
+    roots = weights_roots()
+    assert roots[0] == tmp_path / "mine"
+    assert tmp_path / "elsewhere" / "weights" in roots and sibling / "weights" not in roots

@@ -168,8 +168,10 @@ def test_select_exact_takes_the_resolution_exactly_within_the_budget():
     assert out["acc_drop_pct"] == pytest.approx(5.0)  # held-out: 5 of 100 images lost
     assert out["n_calib"] == 100 and out["n_heldout"] == 100
     assert out["acc_drop_ci"][0] < 5.0 < out["acc_drop_ci"][1]
-    assert select_resolution(rec, FLOPS, 32, b24 - 1e-6, method="exact")["resolution"] == 32
-    assert select_resolution(rec, FLOPS, 32, b16, method="exact")["resolution"] == 16
+    assert (
+        select_resolution(rec, FLOPS, 32, max_drop=b24 - 1e-6, method="exact")["resolution"] == 32
+    )
+    assert select_resolution(rec, FLOPS, 32, max_drop=b16, method="exact")["resolution"] == 16
 
 
 def test_select_bootstrap_default():
@@ -180,9 +182,9 @@ def test_select_bootstrap_default():
         assert c["calib_upper_bound"] >= c["calib_drop_pct"]
     assert select_resolution(rec, FLOPS, 32, max_drop=0.0)["resolution"] == 32
     with pytest.raises(ReswiseError):
-        select_resolution(rec, FLOPS, 32, 1.0, method="magic")
+        select_resolution(rec, FLOPS, 32, max_drop=1.0, method="magic")
     with pytest.raises(ReswiseError):
-        select_resolution(rec, {32: 1000, 24: 560}, 32, 1.0)
+        select_resolution(rec, {32: 1000, 24: 560}, 32, max_drop=1.0)
 
 
 def test_select_chooses_on_calibration_images_only():
@@ -279,7 +281,7 @@ def test_search_figures_match_direct_evaluation_and_brute_force():
     rec = random_records(300, seed=2)
     calib, _ = calib_heldout_split(300, 0.5, seed=0)
     out = search_cascade(rec, FLOPS, 32, max_drop=3.0, max_len=2, signal="margin", n_thresholds=20)
-    direct = evaluate_cascade(rec, FLOPS, 32, out["chain"], out["thresholds"], "margin", calib)
+    direct = evaluate_cascade(rec, FLOPS, 32, out["chain"], out["thresholds"], "margin", idx=calib)
     assert direct["flops_drop_pct"] == pytest.approx(out["calib_flops_drop_pct"])
     assert direct["acc_drop_pct"] == pytest.approx(out["calib_drop_pct"])
     assert out["calib_upper_bound"] <= 3.0
@@ -305,7 +307,7 @@ def test_three_stage_search_matches_direct_evaluation():
     rec = random_records(300, seed=3)
     calib, _ = calib_heldout_split(300, 0.5, seed=0)
     out = search_cascade(rec, FLOPS, 32, max_drop=2.0, signal="entropy", n_thresholds=16)
-    direct = evaluate_cascade(rec, FLOPS, 32, out["chain"], out["thresholds"], "entropy", calib)
+    direct = evaluate_cascade(rec, FLOPS, 32, out["chain"], out["thresholds"], "entropy", idx=calib)
     assert direct["flops_drop_pct"] == pytest.approx(out["calib_flops_drop_pct"])
     assert out["calib_flops_drop_pct"] > 0 and out["calib_upper_bound"] <= 2.0
 

@@ -5,26 +5,64 @@ lm = reswise.create_model("cifar_resnet56", pretrained=True)
 data = reswise.load_dataset("imagefolder", "../shared/datasets/cifar10-jpeg/test")
 result = reswise.sweep(lm, data, [32, 28, 24, 20, 16, 12])
 print(result.rows)
+
+Names are loaded on first use (PEP 562): ``import reswise.policies`` or ``reswise.records``
+pulls in numpy only, so choosing from records (and a torch-free runtime) needs no torch.
 """
 
-from .data import ResizePolicy, load_dataset
-from .errors import ReswiseError
-from .evaluate import Records, SweepResult, sweep
-from .flops import FlopAnalysis, flops_table
-from .models import create_model, list_models, model_info, register_model
+from __future__ import annotations
 
-__all__ = [
-    "FlopAnalysis",
-    "Records",
-    "ResizePolicy",
-    "ReswiseError",
-    "SweepResult",
-    "create_model",
-    "flops_table",
-    "list_models",
-    "load_dataset",
-    "model_info",
-    "register_model",
-    "sweep",
-]
+import importlib
+from typing import Any
+
+from .errors import ReswiseError
+
+# public name -> module that defines it
+_LAZY = {
+    "Records": "records",
+    "SweepResult": "records",
+    "SIGNALS": "records",
+    "ResizePolicy": "data",
+    "load_dataset": "data",
+    "sweep": "evaluate",
+    "FlopAnalysis": "flops",
+    "flops_table": "flops",
+    "create_model": "models",
+    "list_models": "models",
+    "model_info": "models",
+    "register_model": "models",
+    "SweepConfig": "pipeline",
+    "run_sweep": "pipeline",
+    "load_run": "pipeline",
+    "save_run": "pipeline",
+    "flops_report": "pipeline",
+    "recalibrate_checkpoint": "pipeline",
+    "adapt_checkpoint": "pipeline",
+    "export_checked": "pipeline",
+    "random_choice": "choices",
+    "select": "choices",
+    "cascade": "choices",
+    "cascade_headroom": "choices",
+    "compare_policies": "choices",
+    "measure_latency": "latency",
+    "export_onnx": "export",
+    "select_resolution": "policies",
+    "search_cascade": "policies",
+    "random_resolution": "policies",
+    "oracle": "policies",
+}
+
+__all__ = ["ReswiseError", *sorted(_LAZY)]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'reswise' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,9 +1,10 @@
 """Per-resolution adapters (FixRes-style): BN affine + BN statistics + classifier, tuned at r.
 
 The convolution weights stay frozen and shared; for each resolution only the small adapter is
-trained on labeled *training* images at that resolution. The result is stored like BN
-recalibration: ``reswise.bn.<r>.<key>`` entries beside the unchanged state_dict, so ``sweep``,
-``select``, ``cascade`` and ``export`` pick up the adapter of r whenever they run at r.
+trained on labeled *training* images at that resolution. The result is saved like BN
+recalibration, with :func:`reswise.checkpoint.save_checkpoint`: per-resolution entries beside the
+unchanged state_dict, so ``sweep``, ``select``, ``cascade`` and ``export`` pick up the adapter of
+r whenever they run at r (``create_model`` decodes it into ``lm.extra``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def adapt_one(
         full = augment(data.images[idx], g)
         x = full
         if resolution != x.shape[-1]:
+            # not lm.info.eval_policy(): bit-identical for whole-image bilinear (CIFAR) models,
+            # but it centre-crops ImageNet-task ones, which would change what they train on
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
         logits = model(to_input(x, scale_shift))
         loss = F.cross_entropy(logits, data.labels[idx])

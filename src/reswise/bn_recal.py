@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import PREFIX, save_checkpoint, split_checkpoint
 from .data import Dataset, ResizePolicy, normalizer, to_input
 from .errors import ReswiseError
 
-PREFIX = "reswise.bn."
 Images = Dataset | torch.Tensor
 
 
@@ -77,7 +77,7 @@ def _pick(n_total: int, n: int | None, seed: int) -> np.ndarray:
     # a random subset: image folders are sorted by class, and one-class batches skew BN
     n = n_total if n is None else min(n, n_total)
     if n <= 0:
-        raise ReswiseError("BN recalibration needs at least one image; check --bn-calib-size")
+        raise ReswiseError("BN recalibration needs at least one image; check --calib-size")
     return np.random.default_rng(seed).permutation(n_total)[:n]
 
 
@@ -103,7 +103,7 @@ def _recalibrate(
     seed: int,
 ) -> dict[int, dict[str, torch.Tensor]]:
     if batch_size <= 0:
-        raise ReswiseError(f"--batch-size must be positive, got {batch_size}")
+        raise ReswiseError(f"batch_size must be positive, got {batch_size}")
     model = getattr(model, "model", model)  # a LoadedModel works too
     if not _bn_layers(model):
         raise ReswiseError(
@@ -124,7 +124,10 @@ def _recalibrate(
         state = {}
         for name, bn in _bn_layers(net):
             mo = moments[name]
-            assert mo.mean is not None and mo.m2 is not None
+            if mo.mean is None or mo.m2 is None:
+                # a BN layer forward() never reaches (an unused branch) has no statistics to
+                # fit and cannot change the output: it keeps the model's own buffers
+                continue
             var = mo.m2 / max(mo.count - 1, 1)  # unbiased, as PyTorch stores running_var
             state[f"{name}.running_mean"] = mo.mean.to(bn.running_mean.dtype).cpu()
             state[f"{name}.running_var"] = var.to(bn.running_var.dtype).cpu()
@@ -173,29 +176,17 @@ def recalibrate_all(
 def save_bn_checkpoint(
     model: nn.Module, bn_states: dict[int, dict[str, torch.Tensor]], path: str | Path
 ) -> None:
-    """The model's state_dict plus ``reswise.bn.<res>.<buffer>`` tensors (weights_only loadable)."""
-    model = getattr(model, "model", model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    for r, buffers in bn_states.items():
-        for name, t in buffers.items():
-            if name not in state:
-                raise ReswiseError(
-                    f"BN buffer '{name}' is not in the model's state_dict; recalibrate this model"
-                )
-            state[f"{PREFIX}{int(r)}.{name}"] = t.detach().cpu().clone()
-    torch.save(state, Path(path))
+    """The model's state_dict plus ``reswise.bn.<res>.<buffer>`` tensors (weights_only loadable).
+
+    The format belongs to :mod:`reswise.checkpoint`; this name stays for existing callers.
+    """
+    save_checkpoint(model, bn_states, path)
 
 
 def load_bn_states(state_dict: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
-    """Per-resolution BN buffers from ``reswise.bn.<res>.<buffer>`` keys (others ignored)."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in state_dict.items():
-        if not key.startswith(PREFIX):
-            continue
-        res, _, name = key[len(PREFIX) :].partition(".")
-        if not res.isdigit() or not name:
-            raise ReswiseError(
-                f"checkpoint key '{key}' is not reswise.bn.<resolution>.<buffer>; re-save it"
-            )
-        out.setdefault(int(res), {})[name] = t
-    return out
+    """Per-resolution BN buffers from ``reswise.bn.<res>.<buffer>`` keys (others ignored).
+
+    A model loaded with ``create_model`` already carries these decoded in ``lm.extra``.
+    """
+    ours = {k: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+    return split_checkpoint(ours)[1].per_resolution

@@ -14,15 +14,19 @@ from typing import Any
 import numpy as np
 
 from .errors import ReswiseError
-from .evaluate import Records
 from .policies import (
+    CascadeResult,
+    CompareResult,
+    SelectResult,
     calib_heldout_split,
     oracle,
     random_resolution,
     search_cascade,
     select_resolution,
 )
+from .policies.results import Result
 from .policies.split import flops_drop_pct
+from .records import Records
 from .stats import drop_summary
 
 
@@ -45,10 +49,83 @@ def best_of(
     return merged, use
 
 
+def _row(policy: str, detail: str, d: Result | dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One table row: what every policy reports, plus ``extra`` (resolution, stage shares)."""
+    return {
+        "policy": policy, "detail": detail, "flops_drop_pct": d["flops_drop_pct"],
+        "acc_drop_pct": d["acc_drop_pct"], "acc_drop_ci": d["acc_drop_ci"],
+        "top1": d["top1"], **extra,
+    }  # fmt: skip
+
+
+def _fixed_rows(
+    rec: Records,
+    resolutions: list[int],
+    ref_held: np.ndarray,
+    held: np.ndarray,
+    flops: dict[int, int],
+    reference: int,
+    policy: str,
+    suffix: str = "",
+) -> list[dict[str, Any]]:
+    """Each of ``resolutions`` of ``rec`` on the held-out images, drops against ``ref_held``."""
+    rows = []
+    for r in resolutions:
+        d = drop_summary(ref_held, rec.correct(r)[held])
+        d["flops_drop_pct"] = flops_drop_pct(flops[r], flops, reference)
+        rows.append(_row(policy, f"{r}x{r}{suffix}", d))
+    return rows
+
+
+def _oracle_row(
+    rec: Records, flops: dict[int, int], reference: int, held: np.ndarray, policy: str
+) -> dict[str, Any]:
+    return _row(policy, "cheapest right resolution", oracle(rec, flops, reference, idx=held))
+
+
+def _choose(
+    rec: Records,
+    flops: dict[int, int],
+    reference: int,
+    budget: dict[str, Any],
+    max_len: int,
+    prefix: str = "",
+    suffix: str = "",
+    held: np.ndarray | None = None,
+) -> tuple[SelectResult, CascadeResult, list[dict[str, Any]]]:
+    """The selected resolution and the cascade chosen from ``rec``, and their rows (then the
+    oracle bound's on ``held`` when given); policies named ``{prefix}selected{suffix}`` etc."""
+    sel = select_resolution(rec, flops, reference, **budget)
+    cas = search_cascade(rec, flops, reference, **budget, signal="auto", max_len=max_len)
+    rows = [
+        _row(f"{prefix}selected{suffix}", f"{sel.resolution}x{sel.resolution}", sel,
+             resolution=sel.resolution),
+        _row(f"{prefix}cascade{suffix}", f"{cas.chain} on {cas.signal}", cas,
+             stage_share_pct=cas.stage_share_pct),
+    ]  # fmt: skip
+    if held is not None:
+        rows.append(_oracle_row(rec, flops, reference, held, f"{prefix}oracle (uses labels)"))
+    return sel, cas, rows
+
+
+def _check_run(label: str, rec: Records, records: Records, flops: dict[int, int], ref: int) -> None:
+    """Another run compared beside ``records``: the same images, every resolution counted."""
+    if not np.array_equal(rec.indices, records.indices) or not np.array_equal(
+        rec.labels, records.labels
+    ):
+        raise ReswiseError(
+            f"run '{label}' was evaluated on other images; compare needs the same set"
+        )
+    missing = [r for r in rec.resolutions if r not in flops]
+    if missing or ref not in rec.resolutions:
+        raise ReswiseError(f"run '{label}' lacks resolution {missing[:1] or [ref]}")
+
+
 def compare(
     records: Records,
     flops: dict[int, int],
     reference: int,
+    *,
     max_drop: float = 1.0,
     confidence: float = 0.95,
     calib_frac: float = 0.5,
@@ -56,83 +133,46 @@ def compare(
     records_bn: Records | None = None,
     max_len: int = 3,
     extras: dict[str, Records] | None = None,
-) -> dict[str, Any]:
+) -> CompareResult:
     """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci."""
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
     ref_held = records.correct(reference)[held]
-    rows: list[dict[str, Any]] = []
-
-    def add(policy: str, detail: str, d: dict[str, Any], **extra: Any) -> None:
-        rows.append({
-            "policy": policy, "detail": detail, "flops_drop_pct": d["flops_drop_pct"],
-            "acc_drop_pct": d["acc_drop_pct"], "acc_drop_ci": d["acc_drop_ci"],
-            "top1": d["top1"], **extra,
-        })  # fmt: skip
-
-    for r in records.resolutions:
-        d = drop_summary(ref_held, records.correct(r)[held])
-        add(
-            "fixed", f"{r}x{r}", {**d, "flops_drop_pct": flops_drop_pct(flops[r], flops, reference)}
-        )
+    budget = {"max_drop": max_drop, "confidence": confidence, "calib_frac": calib_frac,
+              "seed": seed}  # fmt: skip
+    res = list(records.resolutions)
+    rows = _fixed_rows(records, res, ref_held, held, flops, reference, "fixed")
     d = random_resolution(records, flops, reference, seed=seed, idx=held)
-    add("random", f"uniform over {records.resolutions}", d)
-    sel = select_resolution(records, flops, reference, max_drop, confidence, calib_frac, seed)
-    add("selected", f"{sel['resolution']}x{sel['resolution']}", sel, resolution=sel["resolution"])
-    cas = search_cascade(records, flops, reference, max_drop, confidence, "auto", calib_frac,
-                         seed, max_len)  # fmt: skip
-    add(
-        "cascade", f"{cas['chain']} on {cas['signal']}", cas, stage_share_pct=cas["stage_share_pct"]
-    )
-    out: dict[str, Any] = {"selected": sel, "cascade": cas}
+    rows.append(_row("random", f"uniform over {records.resolutions}", d))
+    sel, cas, chosen = _choose(records, flops, reference, budget, max_len)
+    rows += chosen
+    sel_bn = cas_bn = use = None
     if records_bn is not None:
-        for r in records.resolutions:
-            # the reference stays un-recalibrated: drops are against the model as shipped
-            d = drop_summary(ref_held, records_bn.correct(r)[held])
-            add("recalibrated", f"{r}x{r} + BN recal",
-                {**d, "flops_drop_pct": flops_drop_pct(flops[r], flops, reference)})  # fmt: skip
+        # the reference stays un-recalibrated: drops are against the model as shipped
+        rows += _fixed_rows(records_bn, res, ref_held, held, flops, reference, "recalibrated",
+                            " + BN recal")  # fmt: skip
         merged, use = best_of(records, records_bn, calib, reference)
-        sel_bn = select_resolution(merged, flops, reference, max_drop, confidence, calib_frac, seed)
-        add("selected + BN", f"{sel_bn['resolution']}x{sel_bn['resolution']}", sel_bn,
-            resolution=sel_bn["resolution"])  # fmt: skip
-        cas_bn = search_cascade(merged, flops, reference, max_drop, confidence, "auto",
-                                calib_frac, seed, max_len)  # fmt: skip
-        add("cascade + BN", f"{cas_bn['chain']} on {cas_bn['signal']}", cas_bn,
-            stage_share_pct=cas_bn["stage_share_pct"])  # fmt: skip
-        out.update({"selected_bn": sel_bn, "cascade_bn": cas_bn, "bn_used": use})
-    orc = oracle(records, flops, reference, idx=held)
-    add("oracle (uses labels)", "cheapest right resolution", orc)
+        sel_bn, cas_bn, chosen = _choose(merged, flops, reference, budget, max_len, suffix=" + BN")
+        rows += chosen
+    rows.append(_oracle_row(records, flops, reference, held, "oracle (uses labels)"))
+    extra_sel: dict[str, SelectResult] = {}
+    extra_cas: dict[str, CascadeResult] = {}
     for label, rec in (extras or {}).items():
-        if not np.array_equal(rec.indices, records.indices) or not np.array_equal(
-            rec.labels, records.labels
-        ):
-            raise ReswiseError(
-                f"run '{label}' was evaluated on other images; compare needs the same set"
-            )
-        missing = [r for r in rec.resolutions if r not in flops]
-        if missing or reference not in rec.resolutions:
-            raise ReswiseError(f"run '{label}' lacks resolution {missing[:1] or [reference]}")
+        _check_run(label, rec, records, flops, reference)
         # drops of another model (adapted, multi-resolution trained) are against its own reference
-        ref_x = rec.correct(reference)[held]
-        for r in rec.resolutions:
-            if r != reference:
-                d = drop_summary(ref_x, rec.correct(r)[held])
-                add(label, f"{r}x{r}",
-                    {**d, "flops_drop_pct": flops_drop_pct(flops[r], flops, reference)})  # fmt: skip
-        sel_x = select_resolution(rec, flops, reference, max_drop, confidence, calib_frac, seed)
-        add(f"{label} selected", f"{sel_x['resolution']}x{sel_x['resolution']}", sel_x,
-            resolution=sel_x["resolution"])  # fmt: skip
-        cas_x = search_cascade(rec, flops, reference, max_drop, confidence, "auto", calib_frac,
-                               seed, max_len)  # fmt: skip
-        add(f"{label} cascade", f"{cas_x['chain']} on {cas_x['signal']}", cas_x,
-            stage_share_pct=cas_x["stage_share_pct"])  # fmt: skip
-        add(f"{label} oracle (uses labels)", "cheapest right resolution",
-            oracle(rec, flops, reference, idx=held))  # fmt: skip
-        out[f"{label}_selected"], out[f"{label}_cascade"] = sel_x, cas_x
-    out.update({
-        "reference": reference, "max_drop": max_drop, "confidence": confidence,
-        "n_calib": int(len(calib)), "n_heldout": int(len(held)), "seed": seed, "rows": rows,
-    })  # fmt: skip
-    return out
+        others = [r for r in rec.resolutions if r != reference]
+        rows += _fixed_rows(
+            rec, others, rec.correct(reference)[held], held, flops, reference, label
+        )
+        extra_sel[label], extra_cas[label], chosen = _choose(
+            rec, flops, reference, budget, max_len, prefix=f"{label} ", held=held
+        )
+        rows += chosen
+    return CompareResult(
+        selected=sel, cascade=cas, selected_bn=sel_bn, cascade_bn=cas_bn, bn_used=use,
+        extra_selected=extra_sel, extra_cascade=extra_cas, reference=reference,
+        max_drop=max_drop, confidence=confidence, n_calib=int(len(calib)),
+        n_heldout=int(len(held)), seed=seed, rows=rows,
+    )  # fmt: skip
 
 
 def compare_table(rows: list[dict[str, Any]]) -> str:

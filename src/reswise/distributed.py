@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .evaluate import Records, SweepResult, summarize
 from .evaluate import sweep as local_sweep
 from .flops import flops_table
+from .inference import resolve_device
+from .records import Records, SweepResult, summarize
 
 
 def world() -> tuple[int, int]:
@@ -55,6 +56,9 @@ def sweep(
 ) -> SweepResult | None:
     """``evaluate.sweep`` that shards itself across torchrun ranks; returns None off rank 0."""
     rank, size = world()
+    # 'auto' is resolved here, once: picking the backend from the literal string chose gloo
+    # and then put every rank on cuda:0
+    device = str(resolve_device(device))
     if size == 1:
         return local_sweep(
             model,
@@ -66,7 +70,7 @@ def sweep(
             **kw,
         )
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    if device.startswith("cuda"):
+    if device.startswith("cuda"):  # one GPU per rank, whichever index was asked for
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
@@ -93,15 +97,15 @@ def sweep(
         if rank != 0:
             return None
         records = merge_records([p[0] for p in parts])
-        fwd = np.max([p[1]["forward_s_by_res"] for p in parts], axis=0)  # ranks run in parallel
+        fwd = np.max([p[1]["eval_s_by_res"] for p in parts], axis=0)  # ranks run in parallel
         net = model.model if hasattr(model, "model") else model
         flops = flops_table(net, records.resolutions, part.reference)
         part.records = records
         part.rows = summarize(records, part.reference, flops, fwd)
         part.timings = {
             "total_s": max(p[1]["total_s"] for p in parts),
-            "forward_s": float(fwd.sum()),
-            "forward_s_by_res": [float(f) for f in fwd],
+            "eval_s": float(fwd.sum()),
+            "eval_s_by_res": [float(f) for f in fwd],
             "world_size": size,
         }
         return part

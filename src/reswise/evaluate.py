@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,156 +23,9 @@ from torch import nn
 from .data import Dataset, ResizePolicy, normalizer, to_input
 from .errors import ReswiseError
 from .flops import flops_table
-from .models import LoadedModel, ModelInfo
-from .stats import paired_drop_ci, wilson
-
-
-@dataclass
-class Records:
-    """Per-sample outcomes: arrays indexed [resolution, sample, k]."""
-
-    resolutions: list[int]
-    indices: np.ndarray  # int64 [N] positions in the dataset
-    labels: np.ndarray  # int64 [N]
-    topk_idx: np.ndarray  # int32 [R, N, k]
-    topk_prob: np.ndarray  # float32 [R, N, k], softmax probabilities
-    entropy: np.ndarray  # float32 [R, N], softmax entropy in nats
-
-    def row(self, r: int) -> int:
-        return self.resolutions.index(r)
-
-    def correct(self, r: int, k: int = 1) -> np.ndarray:
-        i = self.row(r)
-        return (self.topk_idx[i, :, :k] == self.labels[:, None]).any(axis=1)
-
-    def confidence(self, r: int, signal: str = "max_softmax") -> np.ndarray:
-        """Higher means more confident: max-softmax, top-1 minus top-2 margin, or -entropy."""
-        i = self.row(r)
-        if signal == "max_softmax":
-            return self.topk_prob[i, :, 0]
-        if signal == "margin":
-            return self.topk_prob[i, :, 0] - self.topk_prob[i, :, 1]
-        if signal == "entropy":
-            return -self.entropy[i]
-        raise ReswiseError(
-            f"unknown confidence signal '{signal}'; use max_softmax, margin or entropy"
-        )
-
-    def subset(self, mask_or_idx: np.ndarray) -> Records:
-        s = mask_or_idx
-        return Records(
-            list(self.resolutions),
-            self.indices[s],
-            self.labels[s],
-            self.topk_idx[:, s],
-            self.topk_prob[:, s],
-            self.entropy[:, s],
-        )
-
-    def save(self, path: str | Path) -> None:
-        np.savez_compressed(
-            path,
-            resolutions=np.array(self.resolutions),
-            indices=self.indices,
-            labels=self.labels,
-            topk_idx=self.topk_idx,
-            topk_prob=self.topk_prob,
-            entropy=self.entropy,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> Records:
-        try:
-            d = np.load(path, allow_pickle=False)
-            return cls(
-                [int(r) for r in d["resolutions"]],
-                d["indices"],
-                d["labels"],
-                d["topk_idx"],
-                d["topk_prob"],
-                d["entropy"],
-            )
-        except (OSError, KeyError, ValueError) as e:
-            raise ReswiseError(
-                f"per-sample records {path} cannot be read ({e.__class__.__name__}); "
-                "run the sweep again with --out"
-            ) from None
-
-
-@dataclass
-class SweepResult:
-    model: str
-    weights: str
-    dataset: str
-    reference: int
-    policy: str
-    interpolation: str
-    rows: list[dict[str, Any]]
-    records: Records
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    fast_path: str = ""
-    bn: dict[str, Any] | None = None  # BN-recalibrated pass: records, rows, calibration facts
-
-    @property
-    def n(self) -> int:
-        return len(self.records.labels)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "weights": self.weights,
-            "dataset": self.dataset,
-            "n": self.n,
-            "reference": self.reference,
-            "policy": self.policy,
-            "interpolation": self.interpolation,
-            "skipped_images": len(self.skipped),
-            "fast_path": self.fast_path,
-            "timings": self.timings,
-            "rows": self.rows,
-            **(
-                {"bn_recalibration": {k: v for k, v in self.bn.items() if k != "records"}}
-                if self.bn
-                else {}
-            ),
-        }
-
-
-def fold_for_inference(model: nn.Module, channels_last: bool = True) -> tuple[nn.Module, str]:
-    """Fold BatchNorm into the preceding convolutions (torch.fx) and use channels-last.
-
-    Returns a new module and a description of what was applied. A model torch.fx cannot trace
-    (data-dependent Python in ``forward``) keeps its BatchNorm and runs eagerly.
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    applied = []
-    try:
-        fast = fuse(copy.deepcopy(model).eval())
-        applied.append("conv-bn folded")
-    except Exception:  # torch.fx raises many types for untraceable code
-        fast = copy.deepcopy(model).eval()
-    if channels_last:
-        fast = fast.to(memory_format=torch.channels_last)
-        applied.append("channels-last")
-    return fast, ", ".join(applied) or "eager"
-
-
-def default_batch_size(resolution: int) -> int:
-    """Measured here: small batches keep activations in cache (128 beats 500 by ~1.5x at 32x32)."""
-    return 128 if resolution <= 64 else 32
-
-
-def check_resolutions(info: ModelInfo | None, resolutions: list[int]) -> None:
-    if info is None:
-        return
-    small = [r for r in resolutions if r < info.min_size]
-    if small:
-        raise ReswiseError(
-            f"resolution {small[0]} is too small for {info.name}: its downsampling needs at least "
-            f"{info.min_size}x{info.min_size}; use resolutions >= {info.min_size}"
-        )
+from .inference import check_resolutions, default_batch_size, fold_for_inference, resolve_device
+from .models import LoadedModel
+from .records import Records, SweepResult, summarize
 
 
 def config_key(**kw: Any) -> str:
@@ -203,24 +55,6 @@ def _prefetch(fn: Callable[[int], Any], n: int) -> Iterator[Any]:
         yield item
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA GPU when there is one, else the CPU; a clear error otherwise.
-
-    One check for every command that takes ``--device`` (sweep, latency, train).
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ReswiseError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReswiseError("--device cuda but no CUDA GPU is visible here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ReswiseError(f"--device {name!r} is not supported; use auto, cpu or cuda")
-    return dev
-
-
 def sweep(
     model: nn.Module | LoadedModel,
     dataset: Dataset,
@@ -246,51 +80,110 @@ def sweep(
     (then pass ``mean``/``std``; ImageNet's are the default). ``checkpoint_path`` saves progress
     as it goes and resumes a run with the same configuration. ``shard=(rank, world)`` evaluates
     every world-th chunk starting at rank (used by the distributed sweep). ``bn_states`` maps a
-    resolution to BatchNorm buffers to load before evaluating at it (BN recalibration).
+    resolution to BatchNorm buffers to load before evaluating at it (BN recalibration); a
+    LoadedModel's own per-resolution state is used when it is not given.
     """
     device = str(resolve_device(device))
-    if isinstance(model, LoadedModel):
-        info, name, weights, net = model.info, model.info.name, model.weights, model.model
-        if bn_states is None:  # weights that carry per-resolution BN/adapters are used with them
-            from .bn_recal import load_bn_states
-
-            bn_states = load_bn_states(model.extra.get("extra_state", {})) or None
-            if bn_states:
-                weights += f" + per-resolution BN statistics for {sorted(bn_states)}"
-    else:
-        info, name, weights, net = None, model.__class__.__name__, "user module", model
+    info, name, weights, net, policy, bn_states = _unpack(model, policy, bn_states)
     mean = mean or (info.mean if info else (0.485, 0.456, 0.406))
     std = std or (info.std if info else (0.229, 0.224, 0.225))
-    if policy is None:
-        kind = "crop" if info is not None and info.task == "imagenet" else "full"
-        policy = ResizePolicy(
-            kind, info.crop_pct if info else 0.875, info.interpolation if info else "bilinear"
-        )
     resolutions = list(resolutions)
     reference = reference if reference is not None else max(resolutions)
     if reference not in resolutions:
         resolutions = [reference, *resolutions]
     check_resolutions(info, resolutions)
-    n = len(dataset)
-    if n == 0:
+    if len(dataset) == 0:
         raise ReswiseError("the dataset is empty; check --data-root and --limit")
     bs = batch_size if batch_size is not None else default_batch_size(max(resolutions))
     if bs <= 0:
         raise ReswiseError(f"--batch-size must be positive, got {bs}")
-    num_classes = None
-    scale_shift = normalizer(mean, std)
     flops = flops_table(net, resolutions, reference)  # also proves every resolution runs
+    nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device)
+    key = config_key(
+        model=name,
+        weights=weights,
+        data=dataset.name,
+        n=len(dataset),
+        res=resolutions,
+        bs=bs,
+        policy=repr(policy),
+        mean=mean,
+        std=std,
+        shard=shard,
+        fast=fast,
+    )
+    loop = _Loop(dataset, resolutions, bs, shard, topk, normalizer(mean, std), policy, device)
+    t0 = time.perf_counter()
+    records, seconds = loop.run(nets, key, checkpoint_path, save_every_s, progress, name)
+    result = SweepResult(
+        model=name,
+        weights=weights,
+        dataset=dataset.name,
+        reference=reference,
+        policy=policy.describe(),
+        interpolation=policy.interpolation,
+        rows=summarize(records, reference, flops, seconds),
+        records=records,
+        skipped=list(getattr(dataset, "skipped", [])),
+        fast_path=fast_desc,
+        timings={
+            "total_s": time.perf_counter() - t0,
+            "eval_s": float(seconds.sum()),
+            "eval_s_by_res": [float(f) for f in seconds],
+        },
+    )
+    return result
 
-    fast_desc = "eager"
+
+def _unpack(
+    model: nn.Module | LoadedModel,
+    policy: ResizePolicy | None,
+    bn_states: dict[int, dict[str, torch.Tensor]] | None,
+) -> tuple[Any, str, str, nn.Module, ResizePolicy, dict[int, dict[str, torch.Tensor]] | None]:
+    """Info, name, weights, module, resize policy and per-resolution BN of what was passed."""
+    if not isinstance(model, LoadedModel):
+        return (
+            None,
+            model.__class__.__name__,
+            "user module",
+            model,
+            policy or ResizePolicy(),
+            bn_states,
+        )
+    weights = model.weights
+    if bn_states is None and model.extra:  # weights that carry per-resolution BN/adapters
+        bn_states = model.extra.per_resolution
+        weights += f" + per-resolution BN statistics for {sorted(bn_states)}"
+    return (
+        model.info,
+        model.info.name,
+        weights,
+        model.model,
+        policy or model.info.eval_policy(),
+        bn_states,
+    )
+
+
+def build_nets(
+    net: nn.Module,
+    resolutions: list[int],
+    bn_states: dict[int, dict[str, torch.Tensor]] | None,
+    fast: bool,
+    device: str,
+) -> tuple[dict[int, nn.Module], str]:
+    """The module to run at each resolution, BN folded once per distinct set of weights.
+
+    One folded copy serves every resolution that keeps the shared weights; only resolutions
+    with their own BN statistics / adapters get a copy of their own.
+    """
+    desc = "eager"
 
     def prepare(base: nn.Module) -> nn.Module:
-        nonlocal fast_desc
+        nonlocal desc
         if fast:
-            base, fast_desc = fold_for_inference(base, channels_last=(device == "cpu"))
+            base, desc = fold_for_inference(base, channels_last=(device == "cpu"))
         return base.eval().to(device)
 
-    # one folded copy serves every resolution that keeps the shared weights; only resolutions
-    # with their own BN statistics / adapters get a copy of their own
     shared: nn.Module | None = None
     nets: dict[int, nn.Module] = {}
     for r in resolutions:
@@ -301,120 +194,134 @@ def sweep(
         else:
             shared = shared if shared is not None else prepare(net)
             nets[r] = shared
+    return nets, desc
 
-    rank, world = shard
-    chunks = [(s, min(s + bs, n)) for s in range(0, n, bs)][rank::world]
-    mine = np.concatenate([np.arange(a, b) for a, b in chunks]) if chunks else np.zeros(0, int)
-    R, N = len(resolutions), len(mine)
-    k = topk
-    state = {
-        "done": 0,
-        "topk_idx": None,
-        "topk_prob": None,
-        "entropy": np.zeros((R, N), np.float32),
-        "fwd": np.zeros(R),
-    }
-    key = config_key(
-        model=name,
-        weights=weights,
-        data=dataset.name,
-        n=n,
-        res=resolutions,
-        bs=bs,
-        policy=repr(policy),
-        mean=mean,
-        std=std,
-        shard=shard,
-        fast=fast,
-    )
-    ckpt = Path(checkpoint_path) if checkpoint_path else None
-    if ckpt and ckpt.is_file():
+
+class _Loop:
+    """The one pass: each batch decoded once, then resized, normalised and run at every r."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        resolutions: list[int],
+        bs: int,
+        shard: tuple[int, int],
+        topk: int,
+        scale_shift: Any,
+        policy: ResizePolicy,
+        device: str,
+    ) -> None:
+        rank, world = shard
+        n = len(dataset)
+        self.dataset, self.resolutions, self.topk = dataset, resolutions, topk
+        self.scale_shift, self.policy, self.device = scale_shift, policy, device
+        self.chunks = [(s, min(s + bs, n)) for s in range(0, n, bs)][rank::world]
+        self.mine = (
+            np.concatenate([np.arange(a, b) for a, b in self.chunks])
+            if self.chunks
+            else np.zeros(0, np.int64)
+        )
+        R, N = len(resolutions), len(self.mine)
+        self.state: dict[str, Any] = {
+            "done": 0,
+            "topk_idx": None,
+            "topk_prob": None,
+            "entropy": np.zeros((R, N), np.float32),
+            "fwd": np.zeros(R),
+        }
+        self.checked = False  # the class count is checked against the first logits
+
+    def _allocate(self, num_classes: int) -> None:
+        if len(self.dataset.classes) > num_classes:
+            raise ReswiseError(
+                f"the dataset has {len(self.dataset.classes)} classes but the model predicts "
+                f"{num_classes}; labels would not line up"
+            )
+        self.k = min(self.topk, num_classes)
+        if self.state["topk_idx"] is None:
+            shape = (len(self.resolutions), len(self.mine), self.k)
+            self.state["topk_idx"] = np.zeros(shape, np.int32)
+            self.state["topk_prob"] = np.zeros(shape, np.float32)
+
+    def _batch(self, nets: dict[int, nn.Module], images: Any, pos: int, m: int) -> None:
+        st, cl = self.state, self.device == "cpu"
+        for ri, r in enumerate(self.resolutions):
+            t = time.perf_counter()
+            x = to_input(self.policy(images, r), self.scale_shift, channels_last=cl)
+            logits = nets[r](x.to(self.device)).float()
+            if not self.checked:
+                self._allocate(logits.shape[1])
+                self.checked = True
+            logp = torch.log_softmax(logits, 1)
+            p = logp.exp()
+            top = p.topk(self.k, 1)
+            ent = -(p * logp).sum(1)
+            st["fwd"][ri] += time.perf_counter() - t
+            st["topk_idx"][ri, pos : pos + m] = top.indices.cpu().numpy()
+            st["topk_prob"][ri, pos : pos + m] = top.values.cpu().numpy()
+            st["entropy"][ri, pos : pos + m] = ent.cpu().numpy()
+
+    def run(
+        self,
+        nets: dict[int, nn.Module],
+        key: str,
+        checkpoint_path: str | Path | None,
+        save_every_s: float,
+        progress: bool,
+        name: str,
+    ) -> tuple[Records, np.ndarray]:
+        ckpt = Path(checkpoint_path) if checkpoint_path else None
+        if ckpt and ckpt.is_file():
+            self._resume(ckpt, key)
+        st, chunks = self.state, self.chunks
+        start = st["done"]
+        pos = sum(b - a for a, b in chunks[:start])
+        it = _prefetch(
+            lambda i: self.dataset.get(torch.arange(*chunks[i + start])), len(chunks) - start
+        )
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(chunks), initial=start, unit="batch", desc=f"sweep {name}")
+        last_save = time.perf_counter()
+        with torch.inference_mode():
+            for ci, images in enumerate(it, start=start):
+                a, b = chunks[ci]
+                self._batch(nets, images, pos, b - a)
+                pos += b - a
+                if bar:
+                    bar.update(1)
+                if ckpt and time.perf_counter() - last_save >= save_every_s:
+                    _save_progress(ckpt, key, ci + 1, st)
+                    last_save = time.perf_counter()
+        if bar:
+            bar.close()
+        if ckpt and ckpt.exists():
+            ckpt.unlink()
+        return self._records(), st["fwd"]
+
+    def _resume(self, ckpt: Path, key: str) -> None:
         d = np.load(ckpt, allow_pickle=False)
         if str(d["key"]) == key:
-            state = {f: d[f] for f in ("topk_idx", "topk_prob", "entropy", "fwd")}
-            state["done"] = int(d["done"])
-    labels_all = dataset.labels.numpy()
+            self.state = {f: d[f] for f in ("topk_idx", "topk_prob", "entropy", "fwd")}
+            self.state["done"] = int(d["done"])
 
-    def load(ci: int) -> Any:
-        a, b = chunks[ci]
-        return dataset.get(torch.arange(a, b))
-
-    t0 = time.perf_counter()
-    last_save = t0
-    pos = sum(b - a for a, b in chunks[: state["done"]])
-    it = _prefetch(lambda i: load(i + state["done"]), len(chunks) - state["done"])
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(chunks), initial=state["done"], unit="batch", desc=f"sweep {name}")
-    with torch.inference_mode():
-        for ci, images in enumerate(it, start=state["done"]):
-            a, b = chunks[ci]
-            for ri, r in enumerate(resolutions):
-                t = time.perf_counter()
-                x = to_input(policy(images, r), scale_shift, channels_last=(device == "cpu"))
-                logits = nets[r](x.to(device)).float()
-                if num_classes is None:
-                    num_classes = logits.shape[1]
-                    if len(dataset.classes) > num_classes:
-                        raise ReswiseError(
-                            f"the dataset has {len(dataset.classes)} classes but the model "
-                            f"predicts {num_classes}; labels would not line up"
-                        )
-                    k = min(topk, num_classes)
-                    if state["topk_idx"] is None:
-                        state["topk_idx"] = np.zeros((R, N, k), np.int32)
-                        state["topk_prob"] = np.zeros((R, N, k), np.float32)
-                logp = torch.log_softmax(logits, 1)
-                p = logp.exp()
-                top = p.topk(k, 1)
-                ent = -(p * logp).sum(1)
-                state["fwd"][ri] += time.perf_counter() - t
-                state["topk_idx"][ri, pos : pos + b - a] = top.indices.cpu().numpy()
-                state["topk_prob"][ri, pos : pos + b - a] = top.values.cpu().numpy()
-                state["entropy"][ri, pos : pos + b - a] = ent.cpu().numpy()
-            pos += b - a
-            if bar:
-                bar.update(1)
-            if ckpt and time.perf_counter() - last_save >= save_every_s:
-                _save_progress(ckpt, key, ci + 1, state)
-                last_save = time.perf_counter()
-    if bar:
-        bar.close()
-    total = time.perf_counter() - t0
-    if ckpt and ckpt.exists():
-        ckpt.unlink()
-    if state["topk_idx"] is None:  # an empty shard
-        state["topk_idx"] = np.zeros((R, 0, k), np.int32)
-        state["topk_prob"] = np.zeros((R, 0, k), np.float32)
-    records = Records(
-        resolutions,
-        mine.astype(np.int64),
-        labels_all[mine].astype(np.int64),
-        state["topk_idx"],
-        state["topk_prob"],
-        state["entropy"],
-    )
-    result = SweepResult(
-        model=name,
-        weights=weights,
-        dataset=dataset.name,
-        reference=reference,
-        policy=policy.describe(),
-        interpolation=policy.interpolation,
-        rows=[],
-        records=records,
-        skipped=list(getattr(dataset, "skipped", [])),
-        fast_path=fast_desc,
-        timings={
-            "total_s": total,
-            "forward_s": float(state["fwd"].sum()),
-            "forward_s_by_res": [float(f) for f in state["fwd"]],
-        },
-    )
-    result.rows = summarize(records, reference, flops, state["fwd"])
-    return result
+    def _records(self) -> Records:
+        st, R = self.state, len(self.resolutions)
+        if st["topk_idx"] is None:  # an empty shard
+            st["topk_idx"] = np.zeros((R, 0, self.topk), np.int32)
+            st["topk_prob"] = np.zeros((R, 0, self.topk), np.float32)
+        labels = self.dataset.labels.numpy()
+        mine = self.mine.astype(np.int64)
+        return Records(
+            list(self.resolutions),
+            mine,
+            labels[mine].astype(np.int64),
+            st["topk_idx"],
+            st["topk_prob"],
+            st["entropy"],
+        )
 
 
 def _save_progress(path: Path, key: str, done: int, state: dict[str, Any]) -> None:
@@ -429,43 +336,3 @@ def _save_progress(path: Path, key: str, done: int, state: dict[str, Any]) -> No
         fwd=state["fwd"],
     )
     tmp.replace(path)
-
-
-def summarize(
-    records: Records,
-    reference: int,
-    flops: list[dict[str, Any]],
-    fwd_seconds: np.ndarray | None = None,
-    ref_correct: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Flat rows: top-1/top-5 with Wilson CIs, accuracy drop with a paired CI, MACs, FLOPs drop.
-
-    ``ref_correct`` overrides the reference's per-sample correctness (e.g. drops of a
-    BN-recalibrated pass measured against the model as shipped).
-    """
-    n = len(records.labels)
-    ref = records.correct(reference) if ref_correct is None else ref_correct
-    by_res = {f["resolution"]: f for f in flops}
-    rows = []
-    for i, r in enumerate(records.resolutions):
-        c1, c5 = records.correct(r), records.correct(r, 5)
-        t1 = 100.0 * c1.mean() if n else float("nan")
-        rows.append(
-            {
-                "resolution": r,
-                "n": n,
-                "top1": t1,
-                "top1_ci": list(wilson(int(c1.sum()), n)),
-                "top5": 100.0 * c5.mean() if n else float("nan"),
-                "acc_drop_pct": 100.0 * ref.mean() - t1 if n else float("nan"),
-                "acc_drop_ci": list(paired_drop_ci(ref, c1)),
-                "macs": by_res[r]["macs"],
-                "flops": by_res[r]["flops"],
-                "params": by_res[r]["params"],
-                "flops_drop_pct": by_res[r]["flops_drop_pct"],
-                "images_per_s": (n / fwd_seconds[i])
-                if fwd_seconds is not None and fwd_seconds[i] > 0
-                else None,
-            }
-        )
-    return rows

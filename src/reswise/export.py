@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ResizePolicy, normalizer, to_input
+from .data import normalizer, to_input
 from .errors import ReswiseError
-from .evaluate import check_resolutions
+from .inference import check_resolutions
 from .models import LoadedModel
 from .models._registry import sha256_file
 
@@ -136,10 +136,8 @@ def _check_input(lm: LoadedModel, images: torch.Tensor, size: int, baked: bool) 
             f"check_images must hold N >= 1 RGB images, got shape {tuple(images.shape)}"
         )
     info = lm.info
-    kind = "crop" if info.task == "imagenet" else "full"
-    policy = ResizePolicy(kind, info.crop_pct, info.interpolation)
     if not baked or tuple(images.shape[-2:]) != (size, size):
-        images = policy(images, size)  # baked graphs are fed the original size S
+        images = info.eval_policy()(images, size)  # baked graphs are fed the original size S
     return to_input(images, normalizer(info.mean, info.std))
 
 
@@ -154,7 +152,10 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``lm.model`` at ``resolution`` to ``out`` and check it against PyTorch.
 
-    ``bn_state``: BatchNorm buffers (e.g. recalibrated at this resolution) loaded before export.
+    ``bn_state``: BatchNorm buffers (e.g. recalibrated at this resolution) loaded before export;
+    ``None`` takes the checkpoint's own state for this resolution from ``lm.extra`` (BN
+    recalibration, adapters, multi-resolution BN) when it has some, ``{}`` exports without it.
+    The result's ``per_resolution_bn`` says whether any was loaded.
     ``bake_resize_from=S``: the graph takes the original S x S image (any size works: height and
     width are dynamic) and resizes it to R x R with bilinear interpolation, ``antialias=False``
     (what ONNX ``Resize`` reproduces exactly); the float image is normalised before the resize.
@@ -167,6 +168,8 @@ def export_onnx(
     if resolution <= 0 or (bake_resize_from is not None and bake_resize_from <= 0):
         raise ReswiseError(f"resolution must be positive, got {resolution}/{bake_resize_from}")
     check_resolutions(lm.info, [resolution])
+    if bn_state is None:
+        bn_state = lm.extra.get(resolution)
     net = prepare_model(lm.model, bn_state).cpu()
     path = export_graph(net, resolution, out, bake_resize_from, opset)
 
@@ -192,6 +195,7 @@ def export_onnx(
         "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
         "n_images": len(x),
         "check_data": check_data,
+        "per_resolution_bn": bool(bn_state),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "ok": diff < TOLERANCE,

@@ -26,9 +26,9 @@ from torch import nn
 
 from .data import parse_resolutions
 from .errors import ReswiseError
-from .evaluate import check_resolutions, fold_for_inference, resolve_device
 from .export import export_graph, prepare_model, require_onnxruntime
 from .flops import flops_table
+from .inference import check_resolutions, fold_for_inference, resolve_device
 from .models import LoadedModel
 
 DISAGREE_POINTS = 10.0  # latency drop vs FLOPs drop, in percentage points

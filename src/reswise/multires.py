@@ -3,9 +3,9 @@
 :class:`PrivateBN` keeps, for every resolution other than the native one, its own copy of every
 BatchNorm's affine parameters and running statistics, and runs the shared network with them via
 ``torch.func.functional_call``; the native resolution uses the model's own BN. The per-resolution
-copies are saved as ``reswise.bn.<r>.<key>`` entries beside a plain state_dict, the format that
-``sweep``/``export`` already load at resolution r, so a multi-resolution checkpoint is an
-ordinary checkpoint that anyone can load at the native resolution.
+copies are saved in :mod:`reswise.checkpoint`'s per-resolution format, which ``sweep``/``export``
+already load at resolution r, so a multi-resolution checkpoint is an ordinary checkpoint that
+anyone can load at the native resolution.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-PREFIX = "reswise.bn."
+from .checkpoint import checkpoint_state
 
 
 def bn_state_keys(model: nn.Module) -> list[str]:
@@ -68,9 +68,5 @@ class PrivateBN(nn.Module):
         return functional_call(self.model, self.overrides(r), (x,), strict=False)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """Plain state_dict (native BN) + ``reswise.bn.<r>.<key>`` for every other resolution."""
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        for r in self.extra:
-            for k, v in self.overrides(r).items():
-                state[f"{PREFIX}{r}.{k}"] = v.detach().clone()
-        return state
+        """Plain state_dict (native BN) + the private BN of every other resolution, encoded."""
+        return checkpoint_state(self.model.state_dict(), {r: self.overrides(r) for r in self.extra})

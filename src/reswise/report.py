@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluate import Records, SweepResult
+from .records import SweepResult, write_atomic
 
 CSV_FIELDS = [
     "model",
@@ -30,7 +31,7 @@ CSV_FIELDS = [
     "flops",
     "params",
     "flops_drop_pct",
-    "images_per_s",
+    "eval_images_per_s",
     "latency_ms",
     "latency_drop_pct",
 ]
@@ -61,7 +62,7 @@ def flat_rows(result: SweepResult) -> list[dict[str, Any]]:
                 "flops": row["flops"],
                 "params": row["params"],
                 "flops_drop_pct": row["flops_drop_pct"],
-                "images_per_s": row["images_per_s"],
+                "eval_images_per_s": row["eval_images_per_s"],
                 "latency_ms": row.get("latency_ms"),
                 "latency_drop_pct": row.get("latency_drop_pct"),
             }
@@ -98,8 +99,20 @@ def conditions(result: SweepResult) -> str:
     )
 
 
-def plot(points: dict[str, list[tuple[float, float, str]]], path: str | Path, title: str) -> None:
-    """Accuracy drop vs FLOPs drop; `points` maps a series name to (flops_drop, acc_drop, label)."""
+def dataset_label(dataset: str) -> str:
+    """A data folder named by its last two parts ("cifar10-jpeg/test"), not just "test"."""
+    parts = Path(dataset).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else dataset
+
+
+Point = tuple[float, float, str] | tuple[float, float, str, Sequence[float]]
+
+
+def plot(points: dict[str, list[Point]], path: str | Path, title: str) -> None:
+    """Accuracy drop vs FLOPs drop with the drop's 95% CI as error bars.
+
+    ``points`` maps a series name to (flops_drop, acc_drop, label[, (ci_lo, ci_hi)]).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,14 +122,19 @@ def plot(points: dict[str, list[tuple[float, float, str]]], path: str | Path, ti
     for name, pts in points.items():
         xs = [p[0] for p in pts]
         ys = [p[1] for p in pts]
-        style = "o-" if len(pts) > 1 else "s"
-        ax.plot(xs, ys, style, label=name)
-        for x, y, lab in pts:
+        yerr = None
+        if all(len(p) > 3 for p in pts):
+            lo = [max(p[1] - p[3][0], 0.0) for p in pts]  # type: ignore[misc]
+            hi = [max(p[3][1] - p[1], 0.0) for p in pts]  # type: ignore[misc]
+            yerr = [lo, hi]
+        fmt = "o-" if len(pts) > 1 else "s"
+        ax.errorbar(xs, ys, yerr=yerr, fmt=fmt, capsize=3, label=name)
+        for x, y, lab, *_ in pts:
             if lab and not (math.isnan(x) or math.isnan(y)):
                 ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("FLOPs saved vs reference (%)")
-    ax.set_ylabel("top-1 accuracy drop (points)")
+    ax.set_ylabel("top-1 accuracy drop (points, 95% CI)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -125,61 +143,38 @@ def plot(points: dict[str, list[tuple[float, float, str]]], path: str | Path, ti
     plt.close(fig)
 
 
-def write_run(result: SweepResult, out: str | Path) -> dict[str, str]:
-    """Write results.json, results.csv, report.md, accuracy_vs_flops.png and records.npz."""
+def write_report(result: SweepResult, out: str | Path) -> dict[str, Path]:
+    """results.csv (one flat schema), report.md and accuracy_vs_flops.png beside the records."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {
-        "json": out / "results.json",
         "csv": out / "results.csv",
         "report": out / "report.md",
         "plot": out / "accuracy_vs_flops.png",
-        "records": out / "records.npz",
     }
-    meta = result.to_dict()
-    meta["skipped"] = [{"path": p, "why": w} for p, w in result.skipped]
-    files["json"].write_text(json.dumps(meta, indent=1) + "\n")
-    with open(files["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(flat_rows(result))
-    result.records.save(files["records"])
-    series = {"fixed resolution": [(r["flops_drop_pct"], r["acc_drop_pct"], str(r["resolution"]))
-                                   for r in result.rows]}  # fmt: skip
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    w.writerows(flat_rows(result))
+    write_atomic(files["csv"], buf.getvalue().encode())
+    series: dict[str, list[Point]] = {
+        "fixed resolution": [
+            (r["flops_drop_pct"], r["acc_drop_pct"], str(r["resolution"]), r["acc_drop_ci"])
+            for r in result.rows
+        ]
+    }
     text = f"# reswise sweep: {result.model}\n\n{conditions(result)}\n\n{seed_table(result.rows)}\n"
     if result.bn:
-        files["records_bn"] = out / "records_bn.npz"
-        result.bn["records"].save(files["records_bn"])
-        series["BN recalibrated"] = [(r["flops_drop_pct"], r["acc_drop_pct"], "")
-                                     for r in result.bn["rows"]]  # fmt: skip
-        text += (f"\nWith BatchNorm statistics re-estimated per resolution on "
-                 f"{result.bn['calib_size']} unlabeled images of `{result.bn['calib_root']}` "
-                 f"(drops against the un-recalibrated reference):\n\n"
-                 f"{seed_table(result.bn['rows'])}\n")  # fmt: skip
-    plot(series, files["plot"], f"{result.model} on {Path(result.dataset).name}")
-    files["report"].write_text(text + f"\n![accuracy vs FLOPs]({files['plot'].name})\n")
-    return {k: str(v) for k, v in files.items()}
-
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Records]:
-    """Read a finished sweep's results.json and per-sample records (no model pass)."""
-    from .errors import ReswiseError
-
-    run_dir = Path(run_dir)
-    meta_path, rec_path = run_dir / "results.json", run_dir / "records.npz"
-    if not meta_path.is_file() or not rec_path.is_file():
-        raise ReswiseError(
-            f"{run_dir} is not a finished sweep (needs results.json and records.npz); "
-            "run `reswise sweep ... --out DIR` first"
+        series["BN recalibrated"] = [
+            (r["flops_drop_pct"], r["acc_drop_pct"], "", r["acc_drop_ci"]) for r in result.bn.rows
+        ]
+        text += (
+            f"\nWith BatchNorm statistics re-estimated per resolution on "
+            f"{result.bn.calib_size} unlabeled images of `{result.bn.calib_root}` "
+            f"(drops against the un-recalibrated reference):\n\n"
+            f"{seed_table(result.bn.rows)}\n"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        raise ReswiseError(f"{meta_path} is not valid JSON; rerun the sweep") from None
-    return meta, Records.load(rec_path)
-
-
-def load_run_bn(run_dir: str | Path) -> Records | None:
-    """The BN-recalibrated records of a sweep run with --recalibrate-bn, if any."""
-    p = Path(run_dir) / "records_bn.npz"
-    return Records.load(p) if p.is_file() else None
+    title = f"{result.model} on {dataset_label(result.dataset)}, n={result.n}"
+    plot(series, files["plot"], title)
+    text += f"\n![accuracy vs FLOPs]({files['plot'].name})\n"
+    write_atomic(files["report"], text.encode())
+    return files

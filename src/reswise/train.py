@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import checkpoint_state
 from .data import Dataset, TensorImages, normalizer, to_input
 from .errors import ReswiseError
 from .models import LoadedModel
@@ -121,6 +122,90 @@ def evaluate_top1(
     return sweep(lm, data, [r], batch_size=batch_size, device=device).rows[0]["top1"]
 
 
+def _step(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    res_cycle: list[int],
+    weights: list[float],
+    multi: bool,
+    scale_shift: Any,
+    dev: torch.device,
+) -> torch.Tensor:
+    """Forward and backward at every training resolution (largest first, so it can teach)."""
+    loss = torch.zeros((), device=dev)
+    teacher = None
+    for r, w in zip(res_cycle, weights):
+        x = (
+            xb
+            if r == xb.shape[-1]
+            else F.interpolate(
+                xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False
+            )
+        )
+        x = to_input(x, scale_shift, channels_last=cfg.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = (model(x, r) if multi else model(x)).float()
+        li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        if cfg.distill and teacher is not None:
+            kl = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
+            li = 0.5 * li + 0.5 * kl
+        if teacher is None:
+            teacher = logits.detach().softmax(1)
+        (li * w).backward()
+        loss += li.detach() * w  # no .item(): a GPU keeps running ahead
+    return loss
+
+
+class _Run:
+    """Model, optimiser, generator and history of one training run, saved after every epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        g: torch.Generator,
+        cfg: TrainConfig,
+        state_path: Path,
+    ) -> None:
+        self.model, self.opt, self.g, self.cfg, self.path = model, opt, g, cfg, state_path
+        self.start_epoch, self.wall = 0, 0.0
+        self.history: list[dict[str, Any]] = []
+
+    def resume(self, log: Any, out: Path) -> None:
+        if not self.path.is_file():
+            return
+        st = torch.load(self.path, map_location="cpu", weights_only=True)
+        if not _same_config(st["config"], self.cfg):
+            log(f"{self.path} was made with another config; starting afresh")
+            return
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.g.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        self.start_epoch, self.wall = int(st["epoch"]), float(st["wall_s"])
+        self.history = json.loads(st["history"])
+        log(f"resuming {out} from epoch {self.start_epoch}")
+
+    def save(self, epoch: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "gen": self.g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "wall_s": self.wall,
+                "config": json.dumps(asdict(self.cfg), sort_keys=True),
+                "history": json.dumps(self.history),
+            },
+            tmp,
+        )
+        tmp.replace(self.path)
+
+
 def train(
     lm: LoadedModel,
     train_data: TensorImages,
@@ -141,11 +226,11 @@ def train(
         raise ReswiseError(
             "training needs same-size images held in memory (e.g. cifar10-jpeg/train)"
         )
+    if cfg.epochs <= 0:
+        raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state_path = out.with_suffix(out.suffix + ".state")
     res_cycle = sorted(cfg.train_resolutions or [lm.info.input_size], reverse=True)
-    weights = loss_weights(len(res_cycle), cfg.largest_weight)
     if cfg.channels_last:
         lm.model.to(memory_format=torch.channels_last)
     # multi-resolution training with private BN trains a wrapper; the convolutions stay shared
@@ -159,113 +244,77 @@ def train(
     opt = torch.optim.SGD(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True
     )
-    n = len(train_data)
-    steps_per_epoch = n // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
-    # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
-    images, labels = train_data.images.to(dev), train_data.labels.to(dev)
-    history: list[dict[str, Any]] = []
-    start_epoch, wall = 0, 0.0
-    if state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        if _same_config(st["config"], cfg):
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            g.set_state(st["gen"])
-            torch.set_rng_state(st["torch_rng"])
-            start_epoch, wall = int(st["epoch"]), float(st["wall_s"])
-            history = json.loads(st["history"])
-            log(f"resuming {out} from epoch {start_epoch}")
-        else:
-            log(f"{state_path} was made with another config; starting afresh")
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=g).to(dev)  # drawn on the CPU generator, moved once
-        tot_loss, seen = torch.zeros((), device=dev), 0
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            for gr in opt.param_groups:
-                gr["lr"] = lr_at(step, total, warmup, cfg.lr)
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = augment(images[idx], g)
-            yb = labels[idx]
-            loss = torch.zeros((), device=dev)
-            opt.zero_grad(set_to_none=True)
-            teacher = None
-            for r, w in zip(res_cycle, weights):  # largest first, so it can teach the others
-                x = (
-                    xb
-                    if r == xb.shape[-1]
-                    else F.interpolate(
-                        xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False
-                    )
-                )
-                x = to_input(x, scale_shift, channels_last=cfg.channels_last)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    logits = (model(x, r) if multi else model(x)).float()
-                li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                if cfg.distill and teacher is not None:
-                    kl = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
-                    li = 0.5 * li + 0.5 * kl
-                if teacher is None:
-                    teacher = logits.detach().softmax(1)
-                (li * w).backward()
-                loss += li.detach() * w  # no .item(): a GPU keeps running ahead
-            opt.step()
-            tot_loss += loss * len(idx)
-            seen += len(idx)
-            if bar:
-                bar.update(1)
-                if s % 20 == 0:
-                    bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}")
-        if bar:
-            bar.close()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
-        wall += time.perf_counter() - t0
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": tot_loss.item() / max(1, seen),
-            "wall_s": wall,
-        }
+    run = _Run(model, opt, g, cfg, out.with_suffix(out.suffix + ".state"))
+    run.resume(log, out)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        rec = _epoch(run, lm, train_data, epoch, res_cycle, multi, dev, progress)
         if test_data is not None:
             model.eval()
             if multi:
                 rec["test_top1"] = evaluate_multires(lm, model, test_data, device=str(dev))
             else:
                 rec["test_top1"] = evaluate_top1(lm, test_data, device=str(dev))
-        history.append(rec)
+        run.history.append(rec)
         log(json.dumps(rec))
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "gen": g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "wall_s": wall,
-                "config": json.dumps(asdict(cfg), sort_keys=True),
-                "history": json.dumps(history),
-            },
-            tmp,
-        )
-        tmp.replace(state_path)
+        run.save(epoch + 1)
     model.eval()
-    final = model.checkpoint_state() if multi else model.state_dict()
-    torch.save({k: v.detach().cpu() for k, v in final.items()}, out)  # loads anywhere
+    # CPU tensors, so the file loads anywhere; multi-resolution adds each resolution's private BN
+    final = model.checkpoint_state() if multi else checkpoint_state(model.state_dict(), {})
+    torch.save(final, out)
     return {
         "epochs": cfg.epochs,
-        "wall_s": wall,
-        "history": history,
+        "wall_s": run.wall,
+        "history": run.history,
         "config": asdict(cfg),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
     }
+
+
+def _epoch(
+    run: _Run,
+    lm: LoadedModel,
+    train_data: TensorImages,
+    epoch: int,
+    res_cycle: list[int],
+    multi: bool,
+    dev: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    cfg, model, opt, g = run.cfg, run.model, run.opt, run.g
+    n = len(train_data)
+    steps_per_epoch = n // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    weights = loss_weights(len(res_cycle), cfg.largest_weight)
+    scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
+    # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
+    images, labels = train_data.images.to(dev), train_data.labels.to(dev)
+    t0 = time.perf_counter()
+    model.train()
+    perm = torch.randperm(n, generator=g).to(dev)  # drawn on the CPU generator, moved once
+    tot_loss, seen = torch.zeros((), device=dev), 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    for s in range(steps_per_epoch):
+        for gr in opt.param_groups:
+            gr["lr"] = lr_at(epoch * steps_per_epoch + s, total, warmup, cfg.lr)
+        idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        xb = augment(images[idx], g)
+        opt.zero_grad(set_to_none=True)
+        loss = _step(model, xb, labels[idx], cfg, res_cycle, weights, multi, scale_shift, dev)
+        opt.step()
+        tot_loss += loss * len(idx)
+        seen += len(idx)
+        if bar:
+            bar.update(1)
+            if s % 20 == 0:
+                bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}")
+    if bar:
+        bar.close()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
+    run.wall += time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": tot_loss.item() / max(1, seen), "wall_s": run.wall}

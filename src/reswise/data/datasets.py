@@ -173,6 +173,27 @@ def _select(paths: list[str], labels: list[int], limit: int | None, seed: int) -
     return order
 
 
+def _same_small_size(paths: list[str]) -> bool:
+    """Peek at a few images: one size everywhere and small -> decode all into one tensor."""
+    sizes = set()
+    for p in paths[:: max(1, len(paths) // 16)][:16]:
+        try:
+            with Image.open(p) as im:
+                sizes.add(im.size)
+        except (UnidentifiedImageError, OSError):
+            pass
+    return len(sizes) == 1 and next(iter(sizes))[0] * next(iter(sizes))[1] <= 128 * 128
+
+
+def _files_key(paths: list[str]) -> str:
+    """Names, sizes and modification times: a changed file is decoded again."""
+    key = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return key.hexdigest()
+
+
 def load_imagefolder(
     root: str | Path,
     limit: int | None = None,
@@ -195,24 +216,10 @@ def load_imagefolder(
     labels = [labels[i] for i in keep]
     name = str(Path(root))
 
-    # Peek at a few images: same size everywhere and small -> decode all into one tensor.
-    sizes = set()
-    for p in paths[:: max(1, len(paths) // 16)][:16]:
-        try:
-            with Image.open(p) as im:
-                sizes.add(im.size)
-        except (UnidentifiedImageError, OSError):
-            pass
-    small = len(sizes) == 1 and next(iter(sizes))[0] * next(iter(sizes))[1] <= 128 * 128
-    if not small:
+    if not _same_small_size(paths):
         imgs = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
         return _check_files(imgs, on_corrupt)
-
-    key = hashlib.sha1()
-    for p in paths:
-        st = os.stat(p)
-        key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    cache = cache_dir() / "decoded" / f"{key.hexdigest()}.pt"
+    cache = cache_dir() / "decoded" / f"{_files_key(paths)}.pt"
     if use_cache and cache.is_file():
         try:
             d = torch.load(cache, weights_only=True)
@@ -342,7 +349,9 @@ def load_cifar10(
         raise ReswiseError(f"CIFAR-10 split must be 'train' or 'test', got '{split}'")
     if not all((base / f).is_file() for f in files):
         if not download:
-            raise ReswiseError(f"CIFAR-10 batches not found in {base}; drop --no-download")
+            raise ReswiseError(
+                f"CIFAR-10 batches not found in {base}; put them there or call with download=True"
+            )
         _download_cifar10(root)
         base = root / "cifar-10-batches-py"
     batches = [_read_batch(base / f) for f in files]

@@ -10,6 +10,7 @@ from ._registry import (
     load_state_dict,
     model_info,
     register_model,
+    register_resolver,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "load_state_dict",
     "model_info",
     "register_model",
+    "register_resolver",
 ]

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import ExtraState, check_fits, split_checkpoint
+from ..data.policy import ResizePolicy
 from ..errors import ReswiseError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,6 +66,25 @@ class ModelInfo:
     weights: tuple[Weights, ...] = ()
     default_weights: str | None = None  # tag of `weights` used by pretrained=True
 
+    def eval_policy(
+        self,
+        *,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
+        antialias: bool = True,
+    ) -> ResizePolicy:
+        """How these weights expect an image resized to r x r (torchvision's ``transforms()``).
+
+        ImageNet-task weights take resize + centre crop, the rest the whole image resized.
+        ``None`` keeps the model's own value; anything else, even a falsy one, overrides it.
+        """
+        return ResizePolicy(
+            "crop" if self.task == "imagenet" else "full",
+            self.crop_pct if crop_pct is None else crop_pct,
+            self.interpolation if interpolation is None else interpolation,
+            antialias,
+        )
+
     def get_weights(self, tag: str | None = None) -> Weights:
         tag = tag or self.default_weights
         for w in self.weights:
@@ -75,6 +96,8 @@ class ModelInfo:
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, ModelInfo] = {}
+# prefix -> (info_fn, create_fn) for names resolved by another library, e.g. "timm:<name>"
+_RESOLVERS: dict[str, tuple[Callable[[str], ModelInfo], Callable[..., LoadedModel]]] = {}
 
 
 def register_model(
@@ -90,31 +113,61 @@ def register_model(
     return wrap
 
 
+def register_resolver(
+    prefix: str,
+    info_fn: Callable[[str], ModelInfo],
+    create_fn: Callable[..., LoadedModel],
+) -> None:
+    """Route names starting with ``prefix`` (e.g. ``"timm:"``) to another library.
+
+    Both functions get the name without the prefix: ``info_fn(rest) -> ModelInfo`` and
+    ``create_fn(rest, pretrained=..., checkpoint=..., **kwargs) -> LoadedModel``. The family
+    module registers itself on import, so this module never imports it (no import loop).
+    """
+    if prefix in _RESOLVERS:
+        raise ValueError(f"model name prefix '{prefix}' is registered twice")
+    _RESOLVERS[prefix] = (info_fn, create_fn)
+
+
+def _resolver(name: str) -> tuple[str, tuple[Callable[..., Any], Callable[..., Any]]] | None:
+    for prefix, fns in _RESOLVERS.items():
+        if name.startswith(prefix):
+            return name[len(prefix) :], fns
+    return None
+
+
 def list_models(include: str = "*", exclude: str | None = None) -> list[str]:
     names = sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, include))
     return [n for n in names if not (exclude and fnmatch.fnmatch(n, exclude))]
 
 
 def model_info(name: str) -> ModelInfo:
-    if name.startswith("timm:"):
-        from .imagenet import timm_info
-
-        return timm_info(name[5:])
+    resolved = _resolver(name)
+    if resolved is not None:
+        rest, (info_fn, _) = resolved
+        return info_fn(rest)
     if name not in _INFO:
+        prefixed = "".join(f", or {p}<name>" for p in _RESOLVERS)
         raise ReswiseError(
-            f"unknown model '{name}'; valid names: {', '.join(list_models())}, or timm:<name>"
+            f"unknown model '{name}'; valid names: {', '.join(list_models())}{prefixed}"
         )
     return _INFO[name]
 
 
+def shared_root() -> Path:
+    """The shared data/weights folder: ``$RESWISE_SHARED``, else ``shared`` beside the checkout."""
+    env = os.environ.get("RESWISE_SHARED")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared"
+
+
 def weights_roots() -> list[Path]:
-    """Where weight files are looked for: $RESWISE_WEIGHTS, the package, ../shared, the cache."""
+    """Weight file search path: $RESWISE_WEIGHTS, the package, shared_root()/weights, the cache."""
     roots = []
     if os.environ.get("RESWISE_WEIGHTS"):
         roots.append(Path(os.environ["RESWISE_WEIGHTS"]))
     roots += [
         PACKAGE_WEIGHTS,
-        PROJECT_ROOT.parent / "shared" / "weights",
+        shared_root() / "weights",
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise" / "weights",
     ]
     return roots
@@ -204,6 +257,15 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(state, strict=False)
 
 
+def load_checkpoint(model: nn.Module, path: str | Path) -> ExtraState:
+    """Load the file's plain state_dict into ``model``; return its decoded per-resolution state."""
+    plain, extra = split_checkpoint(load_state_dict(path))
+    load_into(model, plain, str(path))
+    # checked now: a tensor that fits no layer would otherwise fail mid-sweep at its resolution
+    check_fits(model.state_dict(), extra.per_resolution, f"checkpoint {path}")
+    return extra
+
+
 @dataclass
 class LoadedModel:
     """A model ready for evaluation, with the facts its preprocessing needs."""
@@ -211,7 +273,8 @@ class LoadedModel:
     model: nn.Module
     info: ModelInfo
     weights: str  # human-readable weight source, e.g. "cifar_resnet56.he2016" or a file path
-    extra: dict[str, Any] = field(default_factory=dict)
+    # per-resolution BN statistics / adapters the checkpoint carried (reswise.checkpoint)
+    extra: ExtraState = field(default_factory=ExtraState)
 
 
 def create_model(
@@ -226,10 +289,10 @@ def create_model(
     are ``None`` are dropped so the builder's own defaults win (as in timm).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if name.startswith("timm:"):
-        from .imagenet import create_timm
-
-        return create_timm(name[5:], pretrained=bool(pretrained), checkpoint=checkpoint)
+    resolved = _resolver(name)
+    if resolved is not None:
+        rest, (_, create_fn) = resolved
+        return create_fn(rest, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     info = model_info(name)
     builder = _BUILDERS[name]
     path = None
@@ -248,8 +311,5 @@ def create_model(
         path = source = str(checkpoint)
     if path is None:
         return LoadedModel(model.eval(), info, source)
-    # per-resolution state (BN statistics, adapters) rides along as reswise.* keys
-    state = load_state_dict(path)
-    extra = {k: v for k, v in state.items() if k.startswith("reswise.")}
-    load_into(model, {k: v for k, v in state.items() if k not in extra}, str(path))
-    return LoadedModel(model.eval(), info, source, {"extra_state": extra})
+    extra = load_checkpoint(model, path)
+    return LoadedModel(model.eval(), info, source, extra)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import ReswiseError
-from ._registry import LoadedModel, ModelInfo, load_into, load_state_dict, register_model
+from ._registry import (
+    LoadedModel,
+    ModelInfo,
+    load_checkpoint,
+    load_into,
+    load_state_dict,
+    register_model,
+    register_resolver,
+)
 
 # name -> (min input side, number of stride-2 steps is what bounds it)
 _TORCHVISION = {
@@ -117,24 +125,30 @@ def timm_info(name: str) -> ModelInfo:
     )
 
 
-def create_timm(name: str, pretrained: bool, checkpoint: str | Path | None) -> LoadedModel:
+def create_timm(
+    name: str,
+    pretrained: bool | str = False,
+    checkpoint: str | Path | None = None,
+    **kwargs: Any,
+) -> LoadedModel:
+    """``timm:<name>``; keyword arguments go to ``timm.create_model`` (e.g. ``num_classes``)."""
     info = timm_info(name)
     import timm
 
+    pretrained = bool(pretrained) and checkpoint is None
     try:
-        model = timm.create_model(name, pretrained=pretrained and checkpoint is None)
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as e:
         raise ReswiseError(
             f"timm could not create '{name}' ({e.__class__.__name__}: {str(e)[:80]}); "
             "pretrained weights need the internet once, or pass --checkpoint FILE"
         ) from None
-    source = f"timm:{name}.pretrained" if pretrained else "random init"
-    if checkpoint is not None:
-        load_into(model, load_state_dict(checkpoint), str(checkpoint))
-        source = str(checkpoint)
-    return LoadedModel(model.eval(), info, source)
+    if checkpoint is None:
+        return LoadedModel(
+            model.eval(), info, f"timm:{name}.pretrained" if pretrained else "random init"
+        )
+    extra = load_checkpoint(model, checkpoint)
+    return LoadedModel(model.eval(), info, str(checkpoint), extra)
 
 
-def _check_lite0() -> None:  # pragma: no cover - quick manual check
-    m = efficientnet_lite0(pretrained=True).eval()
-    print(m(torch.zeros(1, 3, 224, 224)).shape)
+register_resolver("timm:", timm_info, create_timm)

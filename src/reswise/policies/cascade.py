@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import itertools
 from statistics import NormalDist
-from typing import Any
 
 import numpy as np
 
 from ..errors import ReswiseError
-from ..evaluate import Records
-from ..stats import drop_summary, paired_bootstrap_upper
-from .split import calib_heldout_split, check_inputs, flops_drop_pct
 
-SIGNALS = ("max_softmax", "margin", "entropy")
-EPS = 1e-9  # a bound equal to the budget up to float noise qualifies
+# SIGNALS is records.SIGNALS (the one definition); importable from here for older code
+from ..records import SIGNALS, Records
+from ..stats import drop_summary, paired_bootstrap_upper
+from .results import CascadeEval, CascadeResult
+from .split import EPS, calib_heldout_split, check_inputs, check_max_drop, flops_drop_pct
+
 KEEP = 3  # feasible settings kept per searched prefix, in case bootstrap rejects the best
+
+# a searched setting: (mean FLOPs, normal bound, chain length, chain, signal, thresholds)
+Setting = tuple[float, float, int, tuple[int, ...], str | None, tuple[float, ...]]
 
 
 def _check_chain(records: Records, chain: list[int], thresholds: list[float], signal: str) -> None:
@@ -66,8 +69,9 @@ def evaluate_cascade(
     chain: list[int],
     thresholds: list[float],
     signal: str = "max_softmax",
+    *,
     idx: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> CascadeEval:
     """Accuracy and honest FLOPs of one cascade on the images ``idx`` (default all)."""
     check_inputs(records, flops, reference)
     chain, thresholds = [int(r) for r in chain], [float(t) for t in thresholds]
@@ -75,18 +79,17 @@ def evaluate_cascade(
     rec = records if idx is None else records.subset(np.asarray(idx))
     correct, cost, stage = run_cascade(rec, flops, chain, thresholds, signal)
     n = len(correct)
-    out: dict[str, Any] = {
-        "chain": chain,
-        "thresholds": thresholds,
-        "signal": signal if len(chain) > 1 else None,
-        "mean_flops": float(cost.mean()) if n else float("nan"),
-        "flops_drop_pct": flops_drop_pct(cost.mean(), flops, reference) if n else float("nan"),
-        "stage_share_pct": [
+    return CascadeEval(
+        chain=chain,
+        thresholds=thresholds,
+        signal=signal if len(chain) > 1 else None,
+        mean_flops=float(cost.mean()) if n else float("nan"),
+        flops_drop_pct=flops_drop_pct(cost.mean(), flops, reference) if n else float("nan"),
+        stage_share_pct=[
             float(100.0 * np.mean(stage == i)) if n else 0.0 for i in range(len(chain))
         ],
-    }
-    out.update(drop_summary(rec.correct(reference), correct))
-    return out
+        **drop_summary(rec.correct(reference), correct),
+    )
 
 
 def _normal_upper(b: np.ndarray, c: np.ndarray, n: int, z: float) -> np.ndarray:
@@ -153,29 +156,9 @@ def _search_chain(
     return found, tried
 
 
-def search_cascade(
-    records: Records,
-    flops: dict[int, int],
-    reference: int,
-    max_drop: float,
-    confidence: float = 0.95,
-    signal: str = "auto",
-    calib_frac: float = 0.5,
-    seed: int = 0,
-    max_len: int = 3,
-    n_thresholds: int = 50,
-) -> dict[str, Any]:
-    """Cheapest cascade (or fixed resolution) whose calibration drop bound is <= ``max_drop``.
-
-    Searched on the calibration images: chains ascending in resolution, 1 to ``max_len`` stages,
-    ending at the reference or a resolution at least as accurate; every signal (``"auto"``) or
-    the given one; thresholds from the quantiles of calibration confidences. A fast normal
-    bound screens settings; the paired bootstrap bound confirms the winner. Reported on the
-    held-out images.
-    """
-    check_inputs(records, flops, reference)
-    if max_drop < 0:
-        raise ReswiseError(f"--max-drop must be >= 0 points, got {max_drop}")
+def _check_search(max_drop: float, max_len: int, confidence: float, signal: str) -> tuple[str, ...]:
+    """The search's arguments checked; the signals to search."""
+    check_max_drop(max_drop)
     if max_len < 1:
         raise ReswiseError(f"--max-len must be >= 1, got {max_len}")
     if not 0.0 < confidence < 1.0:
@@ -184,23 +167,39 @@ def search_cascade(
         raise ReswiseError(
             f"unknown confidence signal '{signal}'; use auto or {', '.join(SIGNALS)}"
         )
-    signals = SIGNALS if signal == "auto" else (signal,)
-    calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
-    cal = records.subset(calib)
-    n = len(calib)
-    z = NormalDist().inv_cdf(confidence)
+    return SIGNALS if signal == "auto" else (signal,)
+
+
+def _order(f: Setting) -> tuple:
+    """Cheapest first; then the lower normal bound, the shorter chain, the chain, the signal."""
+    return (f[0], f[1], f[2], f[3], SIGNALS.index(f[4]) if f[4] else -1)
+
+
+def _screen(
+    cal: Records,
+    flops: dict[int, int],
+    reference: int,
+    signals: tuple[str, ...],
+    max_drop: float,
+    z: float,
+    max_len: int,
+    n_thresholds: int,
+) -> tuple[list[Setting], int]:
+    """Settings other than the reference alone whose normal bound is within budget, in
+    :func:`_order`, and the number of settings tried (the reference alone included)."""
+    n = len(cal.labels)
     ref = cal.correct(reference)
     right = {r: cal.correct(r) for r in cal.resolutions}
     res = sorted(cal.resolutions)
     ends = [r for r in res if r == reference or right[r].mean() >= ref.mean()]
-
-    # (mean FLOPs, normal bound, chain length, chain, signal, thresholds)
-    found: list[tuple[float, float, int, tuple[int, ...], str | None, tuple[float, ...]]] = []
+    found: list[Setting] = []
     tried = 0
     for r in res:
+        tried += 1
+        if r == reference:
+            continue  # drop exactly 0: the fallback _confirm always has
         bb, cc = np.sum(ref & ~right[r]), np.sum(~ref & right[r])
         ub = float(_normal_upper(np.array(bb), np.array(cc), n, z))
-        tried += 1
         if ub <= max_drop + EPS:
             found.append((float(flops[r]), ub, 1, (r,), None, ()))
     for s in signals:
@@ -215,36 +214,90 @@ def search_cascade(
                     )
                     tried += k
                     found += [(m, u, length, chain, s, ts) for m, u, ts in hits]
-    found.sort(key=lambda f: (f[0], f[1], f[2], f[3], SIGNALS.index(f[4]) if f[4] else -1))
+    found.sort(key=_order)
+    return found, tried
 
-    win = None
+
+def _confirm(
+    found: list[Setting],
+    cal: Records,
+    flops: dict[int, int],
+    reference: int,
+    confidence: float,
+    seed: int,
+    max_drop: float,
+) -> tuple[Setting, np.ndarray, float]:
+    """The first setting in order whose paired bootstrap bound is within budget, its per-image
+    correctness on the calibration images and that bound.
+
+    The reference alone has a drop of exactly 0 against itself, so it is within any budget:
+    settings ordered after it are never tried, and it is the answer when nothing before it passes.
+    """
+    ref = cal.correct(reference)
+    ref_alone: Setting = (float(flops[reference]), 0.0, 1, (reference,), None, ())
     for f in found:
+        if _order(f) > _order(ref_alone):
+            break
         correct, _, _ = run_cascade(cal, flops, list(f[3]), list(f[5]), f[4] or "max_softmax")
         boot = paired_bootstrap_upper(ref, correct, confidence, seed=seed)
         if boot <= max_drop + EPS:
-            win = f
-            break
-    # the reference alone has drop 0, so some setting always qualifies
-    assert win is not None
+            return f, correct, boot
+    return ref_alone, ref, 0.0
+
+
+def search_cascade(
+    records: Records,
+    flops: dict[int, int],
+    reference: int,
+    *,
+    max_drop: float,
+    confidence: float = 0.95,
+    signal: str = "auto",
+    calib_frac: float = 0.5,
+    seed: int = 0,
+    max_len: int = 3,
+    n_thresholds: int = 50,
+) -> CascadeResult:
+    """Cheapest cascade (or fixed resolution) whose calibration drop bound is <= ``max_drop``.
+
+    Searched on the calibration images: chains ascending in resolution, 1 to ``max_len`` stages,
+    ending at the reference or a resolution at least as accurate; every signal (``"auto"``) or
+    the given one; thresholds from the quantiles of calibration confidences. A fast normal
+    bound screens settings; the paired bootstrap bound confirms the winner. Reported on the
+    held-out images.
+    """
+    check_inputs(records, flops, reference)
+    signals = _check_search(max_drop, max_len, confidence, signal)
+    calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
+    cal = records.subset(calib)
+    z = NormalDist().inv_cdf(confidence)
+    found, tried = _screen(cal, flops, reference, signals, max_drop, z, max_len, n_thresholds)
+    win, correct, boot = _confirm(found, cal, flops, reference, confidence, seed, max_drop)
     mean, nub, _, chain, s, ts = win
-    cal_fig = drop_summary(ref, correct)
-    out = evaluate_cascade(
-        records, flops, reference, list(chain), list(ts), s or "max_softmax", held
+    cal_fig = drop_summary(cal.correct(reference), correct)
+    held_fig = evaluate_cascade(
+        records, flops, reference, list(chain), list(ts), s or "max_softmax", idx=held
     )
-    out["signal"] = s
-    out.update(
-        {
-            "reference": int(reference),
-            "max_drop": float(max_drop),
-            "confidence": float(confidence),
-            "n_calib": int(n),
-            "calib_flops_drop_pct": flops_drop_pct(mean, flops, reference),
-            "calib_top1": cal_fig["top1"],
-            "calib_drop_pct": cal_fig["acc_drop_pct"],
-            "calib_upper_bound": float(boot),
-            "calib_normal_upper": float(nub),
-            "settings_searched": int(tried),
-        }
+    return CascadeResult(
+        chain=held_fig.chain,
+        thresholds=held_fig.thresholds,
+        signal=s,
+        mean_flops=held_fig.mean_flops,
+        flops_drop_pct=held_fig.flops_drop_pct,
+        stage_share_pct=held_fig.stage_share_pct,
+        top1=held_fig.top1,
+        reference_top1=held_fig.reference_top1,
+        acc_drop_pct=held_fig.acc_drop_pct,
+        acc_drop_ci=held_fig.acc_drop_ci,
+        reference=int(reference),
+        max_drop=float(max_drop),
+        confidence=float(confidence),
+        n_calib=int(len(calib)),
+        calib_flops_drop_pct=flops_drop_pct(mean, flops, reference),
+        calib_top1=cal_fig["top1"],
+        calib_drop_pct=cal_fig["acc_drop_pct"],
+        calib_upper_bound=float(boot),
+        calib_normal_upper=float(nub),
+        settings_searched=int(tried),
+        n_heldout=held_fig.n,
     )
-    out["n_heldout"] = out.pop("n")
-    return out

@@ -6,13 +6,12 @@ confidence signal is adding nothing.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..errors import ReswiseError
-from ..evaluate import Records
+from ..records import Records
 from ..stats import drop_summary
+from .results import RandomResult
 from .split import check_inputs, flops_drop_pct
 
 
@@ -45,11 +44,12 @@ def random_resolution(
     records: Records,
     flops: dict[int, int],
     reference: int,
+    *,
     seed: int,
     weights: list[float] | None = None,
     choices: list[int] | None = None,
     idx: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> RandomResult:
     """Each image (of ``idx``, default all) at a random resolution from ``choices``."""
     check_inputs(records, flops, reference)
     choices = list(records.resolutions) if choices is None else list(choices)
@@ -66,14 +66,13 @@ def random_resolution(
     cost = np.array([flops[r] for r in choices], np.float64)
     per_image = cost[which]
     expected = float(p @ cost)
-    out: dict[str, Any] = {
-        "seed": int(seed),
-        "choices": [int(r) for r in choices],
-        "weights": [float(v) for v in p],
-        "share_pct": [float(100.0 * np.mean(which == i)) if n else 0.0 for i in range(len(p))],
-        "mean_flops": float(per_image.mean()) if n else float("nan"),
-        "flops_drop_pct": flops_drop_pct(per_image.mean(), flops, reference) if n else float("nan"),
-        "expected_flops_drop_pct": flops_drop_pct(expected, flops, reference),
-    }
-    out.update(drop_summary(rec.correct(reference), correct))
-    return out
+    return RandomResult(
+        seed=int(seed),
+        choices=[int(r) for r in choices],
+        weights=[float(v) for v in p],
+        share_pct=[float(100.0 * np.mean(which == i)) if n else 0.0 for i in range(len(p))],
+        mean_flops=float(per_image.mean()) if n else float("nan"),
+        flops_drop_pct=flops_drop_pct(per_image.mean(), flops, reference) if n else float("nan"),
+        expected_flops_drop_pct=flops_drop_pct(expected, flops, reference),
+        **drop_summary(rec.correct(reference), correct),
+    )

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ReswiseError
-from ..evaluate import Records
+from ..records import Records
 from ..stats import drop_summary, mcnemar_upper, paired_bootstrap_upper
-from .split import calib_heldout_split, check_inputs, flops_drop_pct
+from .results import SelectCandidate, SelectResult
+from .split import EPS, calib_heldout_split, check_inputs, check_max_drop, flops_drop_pct
 
 METHODS = ("bootstrap", "exact")
-EPS = 1e-9  # a bound equal to the budget up to float noise qualifies
 
 
 def upper_bound(ref: Any, new: Any, confidence: float, method: str, seed: int = 0) -> float:
@@ -30,18 +30,18 @@ def select_resolution(
     records: Records,
     flops: dict[int, int],
     reference: int,
+    *,
     max_drop: float,
     confidence: float = 0.95,
     calib_frac: float = 0.5,
     seed: int = 0,
     method: str = "bootstrap",
-) -> dict[str, Any]:
+) -> SelectResult:
     """Smallest-FLOPs resolution whose calibration drop upper bound is <= ``max_drop`` points."""
     check_inputs(records, flops, reference)
     if method not in METHODS:
         raise ReswiseError(f"unknown test '{method}'; use bootstrap or exact")
-    if max_drop < 0:
-        raise ReswiseError(f"--max-drop must be >= 0 points, got {max_drop}")
+    check_max_drop(max_drop)
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
     ref_c = records.correct(reference)
     candidates = []
@@ -53,34 +53,35 @@ def select_resolution(
         )
         s = drop_summary(ref_c[calib], c[calib])
         candidates.append(
-            {
-                "resolution": int(r),
-                "flops": int(flops[r]),
-                "flops_drop_pct": flops_drop_pct(flops[r], flops, reference),
-                "calib_top1": s["top1"],
-                "calib_drop_pct": s["acc_drop_pct"],
-                "calib_upper_bound": float(ub),
-                "qualifies": bool(ub <= max_drop + EPS),
-            }
+            SelectCandidate(
+                resolution=int(r),
+                flops=int(flops[r]),
+                flops_drop_pct=flops_drop_pct(flops[r], flops, reference),
+                calib_top1=s["top1"],
+                calib_drop_pct=s["acc_drop_pct"],
+                calib_upper_bound=float(ub),
+                qualifies=bool(r == reference or ub <= max_drop + EPS),
+            )
         )
     # ties in FLOPs go to the better calibration accuracy, then the larger resolution
-    ok = [c for c in candidates if c["qualifies"]]
-    best = min(ok, key=lambda c: (c["flops"], -c["calib_top1"], -c["resolution"]))
-    r = best["resolution"]
-    out: dict[str, Any] = {
-        "resolution": r,
-        "reference": int(reference),
-        "max_drop": float(max_drop),
-        "confidence": float(confidence),
-        "method": method,
-        "flops": best["flops"],
-        "flops_drop_pct": best["flops_drop_pct"],
-        "calib_drop_pct": best["calib_drop_pct"],
-        "calib_upper_bound": best["calib_upper_bound"],
-        "n_calib": int(len(calib)),
-        "n_heldout": int(len(held)),
-    }
-    out.update(drop_summary(ref_c[held], records.correct(r)[held]))
-    del out["n"]
-    out["candidates"] = candidates
-    return out
+    ok = [c for c in candidates if c.qualifies]
+    best = min(ok, key=lambda c: (c.flops, -c.calib_top1, -c.resolution))
+    held_fig = drop_summary(ref_c[held], records.correct(best.resolution)[held])
+    return SelectResult(
+        resolution=best.resolution,
+        reference=int(reference),
+        max_drop=float(max_drop),
+        confidence=float(confidence),
+        method=method,
+        flops=best.flops,
+        flops_drop_pct=best.flops_drop_pct,
+        calib_drop_pct=best.calib_drop_pct,
+        calib_upper_bound=best.calib_upper_bound,
+        n_calib=int(len(calib)),
+        n_heldout=int(len(held)),
+        top1=held_fig["top1"],
+        reference_top1=held_fig["reference_top1"],
+        acc_drop_pct=held_fig["acc_drop_pct"],
+        acc_drop_ci=held_fig["acc_drop_ci"],
+        candidates=candidates,
+    )

@@ -1,4 +1,4 @@
-"""Calibration / held-out split, and the input checks every policy shares.
+"""Calibration / held-out split, and the input checks and budget tolerance every policy shares.
 
 Policies choose on the calibration part only and report on the held-out part only, so the
 reported accuracy drop is not flattered by the choice.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ReswiseError
-from ..evaluate import Records
+from ..records import Records
+
+EPS = 1e-9  # a bound equal to the budget up to float noise qualifies
 
 
 def calib_heldout_split(
@@ -39,6 +41,12 @@ def check_inputs(records: Records, flops: dict[int, int], reference: int) -> Non
         )
     if len(records.labels) == 0:
         raise ReswiseError("the records hold no images; run the sweep on a non-empty dataset")
+
+
+def check_max_drop(max_drop: float) -> None:
+    """A budget in points of top-1: non-negative (NaN is refused too: no bound could meet it)."""
+    if not max_drop >= 0:
+        raise ReswiseError(f"--max-drop must be >= 0 points, got {max_drop}")
 
 
 def flops_drop_pct(mean_flops: float, flops: dict[int, int], reference: int) -> float:

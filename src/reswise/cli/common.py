@@ -1,0 +1,132 @@
+"""Argument groups shared by several commands, and the one place flags become API calls' inputs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ..errors import ReswiseError
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", required=required, help="registry name (see `reswise models`) or timm:<name>"
+    )
+    g.add_argument("--checkpoint", help="state_dict file to load (weights_only=True)")
+    g.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="TAG",
+        help="load the model's default weights (or the weights TAG); default for "
+        "evaluation commands when no --checkpoint is given",
+    )
+    g.add_argument("--random-init", action="store_true", help="evaluate untrained weights")
+
+
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing (default: the weights' own)")
+    g.add_argument(
+        "--interpolation",
+        help="bilinear (default, antialiased) | bicubic | nearest | nearest-exact | area",
+    )
+    g.add_argument("--no-antialias", action="store_true", help="plain bilinear/bicubic")
+    g.add_argument("--crop-pct", type=float, help="imagenet policy: short side = round(r/crop_pct)")
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=required, help="cifar10 | imagefolder | imagenet")
+    g.add_argument("--data-root", help="dataset folder (cifar10: downloaded there when absent)")
+    g.add_argument("--split", default="test", help="cifar10 split: test | train")
+    g.add_argument("--limit", type=int, help="evaluate a seeded random subset of N images")
+    g.add_argument(
+        "--on-corrupt",
+        default="skip",
+        choices=["skip", "error"],
+        help="unreadable images: skip and count them (default) or stop",
+    )
+    add_preprocess_args(p)
+
+
+def add_res_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--resolutions", required=required, help="comma-separated, e.g. 32,28,24")
+    p.add_argument(
+        "--reference", type=int, help="resolution drops are measured against (default: the largest)"
+    )
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, help="default: 128 up to 64 px, else 32")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    p.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="skip BN folding and channels-last (results agree within 0.05 points)",
+    )
+    p.add_argument("--out", help="run directory (default runs/<model>_<data>)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and splits")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_bn_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("BatchNorm recalibration")
+    g.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="also evaluate with BN statistics re-estimated per resolution",
+    )
+    g.add_argument("--calib-root", help="unlabeled images for BN statistics (not the eval set)")
+    g.add_argument("--calib-size", type=int, default=2000, help="images used (default 2000)")
+    g.add_argument(
+        "--calib-split",
+        action="store_true",
+        help="BN statistics from the calibration part of the evaluation images' seeded split "
+        "(labels unused; the held-out part is never seen)",
+    )
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def add_sweep_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """Every flag of a sweep: `sweep` needs them, the choosing commands take them instead of --from."""
+    add_model_args(p, required)
+    add_data_args(p, required)
+    add_res_args(p, required)
+    add_run_args(p)
+    add_bn_args(p)
+    add_json(p)
+
+
+def sweep_config(args: argparse.Namespace) -> Any:
+    """The SweepConfig the flags describe (flag names are its field names)."""
+    from ..pipeline import SweepConfig
+
+    names = {f.name for f in dataclasses.fields(SweepConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    kw.update(antialias=not args.no_antialias, fast=not args.no_fast, progress=not args.no_progress)
+    return SweepConfig(**kw)
+
+
+def records_source(args: argparse.Namespace) -> Any:
+    """The run a choosing command works from: ``--from RUN`` or a fresh sweep from the flags."""
+    from ..pipeline import load_run, run_sweep
+
+    if args.from_run:
+        return load_run(args.from_run)
+    for need in ("model", "dataset", "resolutions"):
+        if not getattr(args, need, None):
+            raise ReswiseError(f"give --from RUN_DIR, or --{need} (and the other sweep flags)")
+    return run_sweep(sweep_config(args))
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ReswiseError(f"{flag} must be comma-separated numbers, got '{text}'") from None

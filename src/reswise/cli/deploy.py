@@ -1,0 +1,110 @@
+"""`latency` and `export`: how fast a resolution runs, and the file that ships it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ReswiseError
+from .common import add_json, add_model_args
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("latency", help="measured latency per resolution beside FLOPs drop")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--reference", type=int)
+    p.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,32")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--no-fast", action="store_true", help="no BN folding / channels-last")
+    add_json(p)
+    p.set_defaults(func=run_latency)
+
+    p = sub.add_parser("export", help="ONNX export at a chosen resolution, checked against PyTorch")
+    add_model_args(p)
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="the .onnx file")
+    p.add_argument(
+        "--bake-resize-from",
+        type=int,
+        metavar="S",
+        help="the graph takes S x S images and resizes them itself",
+    )
+    p.add_argument("--check-root", help="ImageFolder of real images for the check")
+    p.add_argument("--check-size", type=int, default=256, help="images used for the check")
+    p.add_argument("--opset", type=int, default=17)
+    add_json(p)
+    p.set_defaults(func=run_export)
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import parse_resolutions
+    from ..latency import format_latency_table, measure_latency
+    from ..pipeline import load_model
+
+    try:
+        batch_sizes = [int(b) for b in args.batch_size.split(",")]
+    except ValueError:
+        raise ReswiseError(
+            f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
+        ) from None
+    # timing does not depend on the weights' values
+    lm = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        need_weights=False,
+    )
+    rows = measure_latency(
+        lm,
+        parse_resolutions(args.resolutions),
+        batch_sizes,
+        threads=args.threads,
+        device=args.device,
+        runtime=args.runtime,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        reference=args.reference,
+        fast=not args.no_fast,
+    )
+    if not args.json:
+        print(
+            f"{lm.info.name} ({args.runtime}, {args.device}), median of {args.repeats} timed "
+            f"runs after {args.warmup} warm-up runs:"
+        )
+        print(format_latency_table(rows))
+    return {"model": lm.info.name, "runtime": args.runtime, "device": args.device, "rows": rows}
+
+
+def run_export(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import export_checked, load_model
+
+    lm = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+    )
+    out = export_checked(
+        lm,
+        args.resolution,
+        args.out,
+        bake_resize_from=args.bake_resize_from,
+        check_root=args.check_root,
+        check_size=args.check_size,
+        opset=args.opset,
+    )
+    if not args.json:
+        print(
+            f"wrote {out['out']} ({out['bytes']} bytes, sha256 {out['sha256'][:16]}…) at "
+            f"{args.resolution}x{args.resolution}; ONNX Runtime vs PyTorch on {out['n_images']} "
+            f"{out['check_data']}: max |logit diff| {out['max_abs_diff']:.2e}, top-1 agreement "
+            f"{out['top1_agreement']:.4f}"
+        )
+    return out

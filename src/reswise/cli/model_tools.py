@@ -1,0 +1,280 @@
+"""`models`, `flops`, `recalibrate`, `adapt`, `train`, `reproduce`: commands about the model itself."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .common import add_data_args, add_json, add_model_args, add_preprocess_args, add_res_args
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("models", help="list registered models and their weights")
+    p.add_argument("--filter", default="*", help="wildcard, e.g. 'cifar_*'")
+    add_json(p)
+    p.set_defaults(func=run_models)
+
+    p = sub.add_parser("flops", help="MACs, FLOPs, params and FLOPs drop per resolution")
+    p.add_argument("--model", required=True)
+    add_res_args(p)
+    p.add_argument("--by-operator", action="store_true", help="add per-operator FLOPs")
+    add_json(p)
+    p.set_defaults(func=run_flops)
+
+    p = sub.add_parser("recalibrate", help="save a checkpoint with BN statistics per resolution")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--calib-root", required=True, help="unlabeled images (not the eval set)")
+    p.add_argument("--calib-size", type=int, default=2000)
+    add_preprocess_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    add_json(p)
+    p.set_defaults(func=run_recalibrate)
+
+    p = sub.add_parser("adapt", help="per-resolution adapters: BN + classifier tuned at each r")
+    add_model_args(p)
+    p.add_argument("--resolutions", required=True)
+    p.add_argument("--train-root", required=True, help="labeled training images (not the eval set)")
+    p.add_argument("--steps", type=int, default=400, help="SGD steps per resolution")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint: backbone + one adapter per resolution")
+    add_json(p)
+    p.set_defaults(func=run_adapt)
+
+    _add_train(sub)
+
+    p = sub.add_parser("reproduce", help="the study's tables beside reswise's measurements")
+    p.add_argument(
+        "--data-root",
+        help="CIFAR-10 test images (ImageFolder); default $RESWISE_SHARED/datasets/"
+        "cifar10-jpeg/test, with RESWISE_SHARED defaulting to the checkout's sibling shared/",
+    )
+    p.add_argument("--limit", type=int)
+    add_json(p)
+    p.set_defaults(func=run_reproduce)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a CIFAR-size model (resumable)")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--test-root", help="ImageFolder test set evaluated after each epoch")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (batch 128)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-resolutions", help="multi-resolution training, e.g. 32,24,16")
+    p.add_argument(
+        "--shared-bn",
+        action="store_true",
+        help="multi-resolution training with one BN set (default: private BN per resolution)",
+    )
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="smaller resolutions also learn the largest resolution's predictions",
+    )
+    p.add_argument(
+        "--largest-weight",
+        type=float,
+        default=0.0,
+        help="multi-resolution: share of the loss on the largest resolution, the rest split "
+        "evenly (default 0: all equal)",
+    )
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="NCHW tensors (faster for depthwise-heavy nets such as MobileNetV2 here)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="final state_dict (resume state beside it)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU when one is visible, else the CPU) | cpu | cuda",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    add_json(p)
+    p.set_defaults(func=run_train)
+
+
+def _log(args: argparse.Namespace) -> Any:
+    # with --json stdout is the one JSON object; flush: training runs for hours under nohup
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda m: print(m, file=stream, flush=True)
+
+
+def run_models(args: argparse.Namespace) -> dict[str, Any]:
+    from ..models import list_models, model_info
+
+    rows = []
+    for name in list_models(args.filter):
+        info = model_info(name)
+        weights = [
+            {
+                "tag": w.tag,
+                "dataset": w.dataset,
+                "top1": w.top1,
+                "default": w.tag == info.default_weights,
+            }
+            for w in info.weights
+        ]
+        rows.append(
+            {
+                "model": name,
+                "task": info.task,
+                "input_size": info.input_size,
+                "mean": list(info.mean),
+                "std": list(info.std),
+                "crop_pct": info.crop_pct,
+                "weights": weights,
+            }
+        )
+    if not args.json:
+        for r in rows:
+            w = ", ".join(f"{x['tag']}{'*' if x['default'] else ''}" for x in r["weights"]) or "-"
+            print(f"{r['model']:24s} {r['task']:9s} {r['input_size']:4d}  weights: {w}")
+    return {"models": rows}
+
+
+def run_flops(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import flops_report
+
+    out = flops_report(
+        args.model, args.resolutions, reference=args.reference, by_operator=args.by_operator
+    )
+    if not args.json:
+        print(f"{args.model}: FLOPs from torch.utils.flop_counter (conv + matmul, 2 FLOPs/MAC)")
+        print("| Resolution | MMACs | GFLOPs | Params (M) | FLOPs Drop (%) |")
+        print("|------------|-------|--------|------------|----------------|")
+        for r in out["rows"]:
+            print(
+                f"| {r['resolution']} x {r['resolution']} | {r['macs'] / 1e6:.2f} | "
+                f"{r['flops'] / 1e9:.4f} | {r['params'] / 1e6:.3f} | "
+                f"{r['flops_drop_pct']:.2f} |"
+            )
+    return out
+
+
+def run_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import load_model, recalibrate_checkpoint
+
+    lm = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+    )
+    out = recalibrate_checkpoint(
+        lm,
+        args.calib_root,
+        args.resolutions,
+        args.out,
+        calib_size=args.calib_size,
+        seed=args.seed,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        antialias=not args.no_antialias,
+    )
+    if not args.json:
+        print(
+            f"wrote {args.out}: {lm.info.name} with BN statistics for {out['resolutions']} "
+            f"from {out['calib_size']} images of {args.calib_root}"
+        )
+    return out
+
+
+def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import adapt_checkpoint, load_model
+
+    lm = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+    )
+    out = adapt_checkpoint(
+        lm,
+        args.train_root,
+        args.resolutions,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        log=_log(args),
+    )
+    if not args.json:
+        print(
+            f"wrote {args.out}: adapters for {out['resolutions']}, each "
+            f"{out['adapter_params']} parameters ({out['adapter_bytes']} bytes) beside a "
+            f"{out['model_params']}-parameter model ({out['model_bytes']} bytes)"
+        )
+    return out
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import load_dataset, parse_resolutions
+    from ..inference import resolve_device
+    from ..pipeline import load_model
+    from ..train import TrainConfig, train
+
+    device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
+    lm = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        need_weights=False,
+    )
+    data = load_dataset(
+        args.dataset,
+        args.data_root,
+        split=args.split,
+        limit=args.limit,
+        on_corrupt=args.on_corrupt,
+        seed=args.seed,
+    )
+    test = load_dataset("imagefolder", args.test_root) if args.test_root else None
+    res = args.train_resolutions
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        train_resolutions=tuple(parse_resolutions(res)) if res else (),
+        bf16=not args.fp32,
+        channels_last=not args.no_channels_last,
+        private_bn=not args.shared_bn,
+        distill=args.distill,
+        largest_weight=args.largest_weight,
+        init=lm.weights,
+    )
+    return train(
+        lm,
+        data,
+        cfg,
+        args.out,
+        test_data=test,
+        progress=not args.no_progress,
+        log=_log(args),
+        device=device,
+    )
+
+
+def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import default_data_root
+    from ..reproduce import format_reproduction, reproduce
+
+    rep = reproduce(args.data_root or default_data_root("cifar10-jpeg", "test"), args.limit)
+    if not args.json:
+        print(format_reproduction(rep))
+    return rep

@@ -1,0 +1,381 @@
+"""One function per job, each what a CLI command does, callable from Python alone.
+
+    import reswise
+    run = reswise.run_sweep(reswise.SweepConfig(model="cifar_resnet20", dataset="imagefolder",
+                            data_root="../shared/datasets/cifar10-jpeg/test",
+                            resolutions=[32, 28, 24, 20, 16, 12], out="runs/r20"))
+    reswise.select(run, max_drop=1.0).to_dict()
+
+Data flows one way: images -> records (``run_sweep``, here) -> choices (``reswise.choices``)
+-> files. The CLI parses flags into these calls and prints what they return; nothing here reads
+flags or prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed
+from .bn_recal import recalibrate_all
+from .data import Dataset, ResizePolicy, load_dataset, parse_resolutions
+from .errors import ReswiseError
+from .flops import flops_table
+from .models import LoadedModel, create_model, model_info
+from .models._registry import shared_root
+from .policies import calib_heldout_split
+from .records import BNPass, SweepResult, summarize
+from .report import write_report
+
+
+@dataclass
+class SweepConfig:
+    """Everything that decides a sweep; field names are the CLI's flags (``--data-root``...)."""
+
+    model: str
+    dataset: str
+    resolutions: list[int] | str
+    data_root: str | None = None
+    reference: int | None = None
+    checkpoint: str | None = None
+    pretrained: bool | str | None = None  # None: the default weights unless a checkpoint is given
+    random_init: bool = False
+    split: str = "test"  # cifar10 only
+    limit: int | None = None  # a seeded random subset of this many images
+    seed: int = 0  # for --limit subsets and calibration splits
+    on_corrupt: str = "skip"
+    interpolation: str | None = None  # None: the weights' own
+    antialias: bool = True
+    crop_pct: float | None = None  # None: the weights' own
+    batch_size: int | None = None
+    device: str = "cpu"
+    fast: bool = True  # BN folded into convolutions, channels-last
+    progress: bool = False
+    out: str | None = None  # run directory; default runs/<model>_<data>
+    recalibrate_bn: bool = False  # a second pass with BN statistics re-estimated per resolution
+    calib_root: str | None = None  # unlabeled images for BN statistics
+    calib_size: int | None = 2000
+    calib_split: bool = False  # BN statistics from the calibration part of the evaluation images
+    calib_frac: float = 0.5
+    latency: bool = False  # add measured batch-1 latency per resolution
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        data = Path(self.data_root).name if self.data_root else self.dataset
+        return Path("runs") / f"{self.model.replace(':', '_')}_{data}"
+
+
+def default_data_root(*parts: str) -> str:
+    """Where the README's commands find data: ``$RESWISE_SHARED`` or the sibling ``shared``."""
+    return str(shared_root().joinpath("datasets", *parts))
+
+
+# ---------------------------------------------------------------- loading
+def load_model(
+    name: str,
+    *,
+    pretrained: bool | str | None = None,
+    checkpoint: str | None = None,
+    random_init: bool = False,
+    need_weights: bool = True,
+) -> LoadedModel:
+    """The model with weights: given ones, else its defaults; untrained only when asked."""
+    info = model_info(name)
+    if random_init:
+        pretrained = False
+    elif pretrained is None and not checkpoint and need_weights:
+        has = info.weights or info.family in ("torchvision", "efficientnet_lite", "timm")
+        if not has:
+            raise ReswiseError(
+                f"model '{name}' has no pretrained weights here; pass --checkpoint FILE "
+                "(or --random-init to evaluate untrained weights)"
+            )
+        pretrained = True
+    return create_model(name, pretrained=pretrained or False, checkpoint=checkpoint)
+
+
+def policy_for(cfg: SweepConfig, lm: LoadedModel) -> ResizePolicy:
+    """The weights' own evaluation preprocessing with the user's overrides."""
+    return lm.info.eval_policy(
+        crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, antialias=cfg.antialias
+    )
+
+
+def load_data(cfg: SweepConfig) -> Dataset:
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        split=cfg.split,
+        limit=cfg.limit,
+        on_corrupt=cfg.on_corrupt,
+        seed=cfg.seed,
+    )
+
+
+def load_calib(cfg: SweepConfig, data: Dataset) -> tuple[Dataset, str, dict[str, Any] | None]:
+    """Unlabeled BN-calibration images: never the images a policy reports on.
+
+    Returns the images, a description for reports, and, for ``calib_split``, the split they
+    came from (so a later ``--from RUN`` can check it reports on the other part).
+    """
+    if cfg.calib_size is not None and cfg.calib_size <= 0:
+        raise ReswiseError(f"--calib-size must be positive, got {cfg.calib_size}")
+    if cfg.calib_split:
+        if cfg.calib_root:
+            raise ReswiseError("give --calib-root DIR or --calib-split, not both")
+        # the part policies choose on; labels are never read, the held-out part never touched
+        idx, _ = calib_heldout_split(len(data), cfg.calib_frac, cfg.seed)
+        desc = (
+            f"{cfg.data_root or cfg.dataset} (calibration part: {cfg.calib_frac:.0%}, "
+            f"seed {cfg.seed})"
+        )
+        split = {"calib_frac": cfg.calib_frac, "seed": cfg.seed, "n": len(data)}
+        return data.subset(torch.as_tensor(idx)), desc, split
+    if not cfg.calib_root:
+        raise ReswiseError(
+            "--recalibrate-bn needs --calib-root DIR (unlabeled images, e.g. a train split) "
+            "or --calib-split (the calibration part of the evaluation images)"
+        )
+    if cfg.data_root and Path(cfg.calib_root).resolve() == Path(cfg.data_root).resolve():
+        raise ReswiseError(
+            "--calib-root is the evaluation set; use other images (e.g. the train split) or "
+            "--calib-split (only the calibration part of the evaluation images)"
+        )
+    return load_dataset("imagefolder", cfg.calib_root, on_corrupt="skip"), cfg.calib_root, None
+
+
+# ---------------------------------------------------------------- the sweep
+def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
+    """The sweep (+ BN-recalibrated pass, + latency columns), written to ``cfg.out_dir()``.
+
+    Returns None on a non-zero torchrun rank (rank 0 gathers the records).
+    """
+    res = parse_resolutions(cfg.resolutions)
+    lm = load_model(
+        cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, random_init=cfg.random_init
+    )
+    data = load_data(cfg)
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    policy = policy_for(cfg, lm)
+    kw = dict(
+        policy=policy,
+        batch_size=cfg.batch_size,
+        fast=cfg.fast,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
+    result = distributed.sweep(
+        lm, data, res, cfg.reference, checkpoint_path=out / "progress.npz", **kw
+    )
+    if cfg.recalibrate_bn:
+        bn = _bn_pass(cfg, lm, data, res, policy, result, out, kw)
+        if result is not None:
+            result.bn = bn
+    if result is None:
+        return None
+    if cfg.latency:
+        _add_latency(cfg, lm, res, result)
+    result.directory = str(out)
+    if write:
+        save_run(result, out)
+    return result
+
+
+def _bn_pass(
+    cfg: SweepConfig,
+    lm: LoadedModel,
+    data: Dataset,
+    res: list[int],
+    policy: ResizePolicy,
+    plain: SweepResult | None,
+    out: Path,
+    kw: dict[str, Any],
+) -> BNPass | None:
+    calib, calib_desc, calib_split = load_calib(cfg, data)
+    all_res = list(dict.fromkeys([cfg.reference or max(res), *res]))
+    states = recalibrate_all(
+        lm.model, calib, all_res, policy, lm.info.mean, lm.info.std, cfg.calib_size, seed=cfg.seed
+    )
+    bn = distributed.sweep(
+        lm,
+        data,
+        res,
+        cfg.reference,
+        bn_states=states,
+        checkpoint_path=out / "progress_bn.npz",
+        **kw,
+    )
+    if plain is None or bn is None:
+        return None
+    flops = flops_table(lm.model, bn.records.resolutions, bn.reference)
+    seconds = np.array(bn.timings["eval_s_by_res"])
+    rows = summarize(
+        bn.records, bn.reference, flops, seconds, ref_correct=plain.records.correct(plain.reference)
+    )
+    arrays = {r: {k: v.numpy() for k, v in s.items()} for r, s in states.items()}
+    return BNPass(
+        bn.records,
+        rows,
+        calib_desc,
+        min(cfg.calib_size or len(calib), len(calib)),
+        calib_split,
+        arrays,
+    )
+
+
+def _add_latency(cfg: SweepConfig, lm: LoadedModel, res: list[int], result: SweepResult) -> None:
+    from .latency import measure_latency
+
+    lat = measure_latency(
+        lm, res, [1], reference=result.reference, device=cfg.device, fast=cfg.fast
+    )
+    by_res = {row["resolution"]: row for row in lat}
+    for row in result.rows:
+        m = by_res[row["resolution"]]
+        row.update(
+            {
+                "latency_ms": m["median_ms"],
+                "latency_drop_pct": m["latency_drop_pct"],
+                "latency_disagrees": m["disagrees"],
+            }
+        )
+
+
+def save_run(run: SweepResult, out: str | Path) -> dict[str, str]:
+    """results.json, results.csv, report.md, accuracy_vs_flops.png and the records."""
+    out = Path(out)
+    files = run.save(out)
+    files.update(write_report(run, out))
+    return {k: str(v) for k, v in files.items()}
+
+
+def load_run(run_dir: str | Path) -> SweepResult:
+    """A finished sweep's run directory (no model pass)."""
+    run = SweepResult.load(run_dir)
+    run.directory = str(run_dir)
+    return run
+
+
+# ---------------------------------------------------------------- model tools
+def flops_report(
+    model: str,
+    resolutions: list[int] | str,
+    *,
+    reference: int | None = None,
+    by_operator: bool = False,
+) -> dict[str, Any]:
+    """Exact MACs / FLOPs / params per resolution; no data or weights needed."""
+    from .flops import FlopAnalysis
+    from .inference import check_resolutions
+
+    res = parse_resolutions(resolutions)
+    lm = create_model(model, pretrained=False)
+    reference = reference or max(res)
+    check_resolutions(lm.info, [*res, reference])
+    rows = flops_table(lm.model, res, reference)
+    if by_operator:
+        for r in rows:
+            r["by_operator"] = FlopAnalysis(lm.model, r["resolution"]).by_operator()
+    return {"model": model, "reference": reference, "rows": rows}
+
+
+def recalibrate_checkpoint(
+    lm: LoadedModel,
+    calib_root: str,
+    resolutions: list[int] | str,
+    out: str | Path,
+    *,
+    calib_size: int = 2000,
+    seed: int = 0,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    antialias: bool = True,
+) -> dict[str, Any]:
+    """Write ``out``: the model plus BN statistics re-estimated at each resolution."""
+    from .bn_recal import save_bn_checkpoint
+    from .models._registry import sha256_file
+
+    res = parse_resolutions(resolutions)
+    policy = lm.info.eval_policy(
+        crop_pct=crop_pct, interpolation=interpolation, antialias=antialias
+    )
+    calib = load_dataset("imagefolder", calib_root)
+    states = recalibrate_all(
+        lm.model, calib, res, policy, lm.info.mean, lm.info.std, calib_size, seed=seed
+    )
+    save_bn_checkpoint(lm.model, states, out)
+    return {
+        "model": lm.info.name,
+        "weights": lm.weights,
+        "resolutions": res,
+        "out": str(out),
+        "calib_root": calib_root,
+        "calib_size": min(calib_size, len(calib)),
+        "sha256": sha256_file(out),
+    }
+
+
+def adapt_checkpoint(
+    lm: LoadedModel,
+    train_root: str,
+    resolutions: list[int] | str,
+    out: str | Path,
+    *,
+    steps: int = 400,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    seed: int = 0,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
+    from .adapt import adapt, adapter_size
+    from .bn_recal import save_bn_checkpoint
+    from .models._registry import sha256_file
+
+    res = parse_resolutions(resolutions)
+    data = load_dataset("imagefolder", train_root)
+    states = adapt(lm, data, res, steps, batch_size, lr, seed, log=log)
+    save_bn_checkpoint(lm.model, states, out)
+    return {
+        "model": lm.info.name,
+        "weights": lm.weights,
+        "resolutions": sorted(states),
+        "steps": steps,
+        "train_root": train_root,
+        "out": str(out),
+        "sha256": sha256_file(out),
+        **adapter_size(lm.model),
+    }
+
+
+def export_checked(
+    lm: LoadedModel,
+    resolution: int,
+    out: str | Path,
+    *,
+    bake_resize_from: int | None = None,
+    check_root: str | None = None,
+    check_size: int = 256,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """ONNX at ``resolution`` (with the weights' own BN for it), checked on real images."""
+    from .export import export_onnx
+    from .inference import check_resolutions
+
+    check_resolutions(lm.info, [resolution])
+    images = None
+    if check_root:
+        data = load_dataset("imagefolder", check_root, limit=check_size, seed=0)
+        images = data.get(torch.arange(len(data)))
+        if isinstance(images, list):  # variable sizes: bring them to the size the graph takes
+            images = lm.info.eval_policy()(images, bake_resize_from or lm.info.input_size)
+    result = export_onnx(
+        lm, resolution, out, bake_resize_from=bake_resize_from, check_images=images, opset=opset
+    )
+    return {**result, "model": lm.info.name, "weights": lm.weights}
