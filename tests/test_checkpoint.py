@@ -171,3 +171,17 @@ def test_recalibration_leaves_bn_that_forward_never_reaches_alone():
     states = recalibrate_all(WithUnusedBN(), images, [16, 8], ResizePolicy(), (0.5,) * 3,
                              (0.25,) * 3, None, batch_size=4)  # fmt: skip
     assert "bn.running_mean" in states[8] and not any(k.startswith("unused.") for k in states[8])
+
+
+def test_class_names_ride_along_and_a_damaged_entry_is_one_line(tmp_path):
+    m = CifarResNet(20)
+    state = checkpoint_state(m.state_dict(), {24: _bn_at(m, 1.0)}, class_names=["ä", "b c"])
+    plain, extra = split_checkpoint(state)
+    assert extra.class_names == ("ä", "b c") and sorted(extra.per_resolution) == [24]
+    assert "reswise.classes" not in plain
+    assert not ExtraState(class_names=("a",))  # truthiness still means per-resolution state
+    state["reswise.classes"] = torch.tensor([0xFF, 0xFE], dtype=torch.uint8)
+    with pytest.raises(ReswiseError, match=r"^checkpoint key 'reswise\.classes' is not UTF-8"):
+        split_checkpoint(state)
+    with pytest.raises(ReswiseError, match="one line each"):
+        checkpoint_state(m.state_dict(), {}, class_names=["a\nb"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -10,10 +11,16 @@ import torch
 from PIL import Image
 
 from reswise import ResizePolicy, ReswiseError, load_dataset
-from reswise.data import FileImages, TensorImages, parse_resolutions, save_cifar_batch
+from reswise.data import (
+    FileImages,
+    TensorImages,
+    load_imagefolder,
+    parse_resolutions,
+    save_cifar_batch,
+)
 from reswise.data.datasets import decode_image
 
-from .conftest import make_imagefolder
+from .conftest import CIFAR_JPEG, make_imagefolder, needs_shared
 
 
 def test_imagefolder_becomes_one_uint8_tensor_with_sorted_classes(tiny_folder):
@@ -178,3 +185,31 @@ def test_corrupt_jpeg_among_jpegs_falls_back_and_is_named(tmp_path):
     assert len(d) == 18 and [p for p, _ in d.skipped] == [str(root / "class1" / "broken.jpg")]
     ref = np.asarray(Image.open(root / "class2" / "000.jpg").convert("RGB"))
     assert torch.equal(d.images[12], torch.from_numpy(ref.copy()).permute(2, 0, 1))
+
+
+@needs_shared
+def test_fingerprint_follows_the_evaluated_images_and_labels():
+    root = CIFAR_JPEG / "test"
+    a = load_dataset("imagefolder", root, limit=500, seed=0)
+    b = load_imagefolder(root, limit=500, seed=0, use_cache=False)  # decoded again
+    c = load_dataset("imagefolder", root, limit=500, seed=1)
+    assert isinstance(a, TensorImages) and len(a.fingerprint()) == 16
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    relabeled = TensorImages(a.images, a.labels.roll(1), a.classes, a.name)
+    assert relabeled.fingerprint() != a.fingerprint()
+    assert a.subset(torch.arange(499)).fingerprint() != a.fingerprint()
+
+
+def test_fingerprint_of_files_follows_paths_sizes_times_and_labels(tmp_path):
+    root = make_imagefolder(tmp_path / "v", n_per_class=2, size=lambda i: (60 + 8 * i, 48))
+    a, b = load_dataset("imagefolder", root), load_dataset("imagefolder", root)
+    before = a.fingerprint()
+    assert isinstance(a, FileImages) and before == b.fingerprint()
+    assert load_dataset("imagefolder", root, limit=5, seed=0).fingerprint() != before
+    relabeled = FileImages(a.paths, a.labels.flip(0), a.classes, a.name)
+    assert relabeled.fingerprint() != before
+    f = root / "class1" / "000.png"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # edited in place
+    # read from the files when asked, as the pixels are: call it when the run starts
+    after = load_dataset("imagefolder", root).fingerprint()
+    assert after != before and a.fingerprint() == after

@@ -189,3 +189,71 @@ def test_shared_folder_is_a_default_that_reswise_shared_overrides(tmp_path, monk
     roots = weights_roots()
     assert roots[0] == tmp_path / "mine"
     assert tmp_path / "elsewhere" / "weights" in roots and sibling / "weights" not in roots
+
+
+def _r20_with(tmp_path, key: str, index: tuple[int, ...], value: float):
+    sd = CifarResNet(20).state_dict()
+    sd[key][index] = value
+    path = tmp_path / "broken.pt"
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "key,index,value,count",
+    [
+        ("linear.weight", (0, 0), float("nan"), 1),
+        ("bn1.running_var", (slice(0, 3),), float("inf"), 3),  # a buffer, not a parameter
+        ("layer2.0.conv1.weight", (0, 0, 0), float("-inf"), 3),
+    ],
+)
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, key, index, value, count):
+    """Bug: one NaN in linear.weight gave 7.50 % at every resolution, exit 0."""
+    path = _r20_with(tmp_path, key, index, value)
+    with pytest.raises(ReswiseError) as e:
+        create_model("cifar_resnet20", checkpoint=path)
+    assert str(e.value) == (
+        f"checkpoint {path}: tensor '{key}' holds {count} NaN/Inf value(s); the weights are "
+        "broken, retrain or re-download them"
+    )
+
+
+def test_non_finite_per_resolution_state_is_refused(tmp_path):
+    from reswise.checkpoint import save_checkpoint
+
+    m = CifarResNet(20)
+    bn = {"bn1.running_mean": torch.full((16,), float("nan"))}
+    save_checkpoint(m, {24: bn}, tmp_path / "bn.pt")
+    with pytest.raises(ReswiseError, match=r"tensor 'reswise\.bn\.24\.bn1\.running_mean' holds 16"):
+        create_model("cifar_resnet20", checkpoint=tmp_path / "bn.pt")
+
+
+def test_non_finite_shipped_weights_are_refused(tmp_path, monkeypatch):
+    from reswise.models import _registry
+
+    sd = CifarResNet(20).state_dict()
+    sd["linear.bias"][2] = float("nan")
+    (tmp_path / "cifar10-jpeg").mkdir()
+    w = model_info("cifar_resnet20").get_weights()
+    torch.save(sd, tmp_path / "cifar10-jpeg" / w.filename)
+    monkeypatch.setenv("RESWISE_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(_registry, "sha256_file", lambda p: w.sha256)  # pretend it is the file
+    with pytest.raises(ReswiseError, match=r"weights cifar_resnet20\.\S+: tensor 'linear\.bias'"):
+        create_model("cifar_resnet20", pretrained=True)
+
+
+def test_check_finite_takes_a_module_or_a_state_dict():
+    from reswise.models import check_finite
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    check_finite(m, "model")  # finite: nothing to say
+    check_finite({"step": torch.tensor([1 << 40]), **m.state_dict()}, "model")  # ints are fine
+    m[1].running_mean[1] = float("nan")
+    with pytest.raises(ReswiseError, match=r"^my model: tensor '1\.running_mean' holds 1 NaN"):
+        check_finite(m, "my model")
+    m[1].running_mean[1] = 0.0
+    m.register_buffer("scratch", torch.tensor([float("inf")]), persistent=False)
+    with pytest.raises(ReswiseError, match=r"tensor 'scratch' holds 1"):
+        check_finite(m, "model")
+    with pytest.raises(ReswiseError, match=r"tensor 'w' holds 2"):
+        check_finite({"w": torch.tensor([float("nan"), 1.0, float("inf")]).half()}, "model")

@@ -67,13 +67,13 @@ def test_select_cascade_compare_random_api_equal_cli(capsys, runs):
     run = reswise.load_run(tmp / "api")
     src = ["--from", str(tmp / "cli"), "--seed", "2", "--json"]
     sel = cli_json(capsys, ["select", *src, "--max-drop", "5", "--test", "exact"])
-    assert sel == {**reswise.select(run, max_drop=5, seed=2, test="exact").to_dict(),
+    assert sel == {**reswise.select(run, reswise.Budget(max_drop=5, seed=2), test="exact").to_dict(),
                    **{k: sel[k] for k in ("model", "weights", "dataset")}}  # fmt: skip
     cas = cli_json(capsys, ["cascade", *src, "--max-drop", "5"])
-    mine = reswise.cascade(run, max_drop=5, seed=2).to_dict()
+    mine = reswise.cascade(run, reswise.Budget(max_drop=5, seed=2)).to_dict()
     assert {k: cas[k] for k in mine} == json.loads(json.dumps(mine))
     cmp_ = cli_json(capsys, ["compare", *src])
-    mine = reswise.compare_policies(run, seed=2).to_dict()
+    mine = reswise.compare_policies(run, reswise.Budget(seed=2)).to_dict()
     assert cmp_["rows"] == json.loads(json.dumps(mine["rows"]))
     rnd = cli_json(capsys, ["random", *src, "--resolutions", "32,16"])
     mine = reswise.random_choice(run, seed=2, resolutions=[32, 16]).to_dict()

@@ -258,9 +258,10 @@ def separable_records(n: int = 400) -> Records:
 
 
 def test_search_finds_the_separating_cascade():
+    # 200 calibration images certify no drop below 1.49 points at 95 %: a 2-point budget
     rec = separable_records()
     calib, held = calib_heldout_split(400, 0.5, seed=0)
-    out = search_cascade(rec, FLOPS, 32, max_drop=1.0)
+    out = search_cascade(rec, FLOPS, 32, max_drop=2.0)
     assert out["chain"] == [16, 32] and 0.2 < out["thresholds"][0] <= 0.95
     assert out["calib_drop_pct"] == 0.0 and out["acc_drop_pct"] == 0.0
     hard = 1 - rec.correct(16)[held].mean()
@@ -268,12 +269,12 @@ def test_search_finds_the_separating_cascade():
     assert out["stage_share_pct"][1] == pytest.approx(100 * hard)
     assert out["n_calib"] + out["n_heldout"] == 400
     # held-out changes leave the choice alone; calibration changes move it
-    same = search_cascade(altered(rec, held[:40], 16), FLOPS, 32, max_drop=1.0)
+    same = search_cascade(altered(rec, held[:40], 16), FLOPS, 32, max_drop=2.0)
     for k in ("chain", "thresholds", "signal", "calib_upper_bound", "calib_flops_drop_pct"):
         assert same[k] == out[k]
     assert same["top1"] < out["top1"]
     easy_cal = calib[rec.correct(16)[calib]]
-    moved = search_cascade(altered(rec, easy_cal[:30], 16), FLOPS, 32, max_drop=1.0)
+    moved = search_cascade(altered(rec, easy_cal[:30], 16), FLOPS, 32, max_drop=2.0)
     assert moved["chain"] != [16, 32] or moved["thresholds"] != out["thresholds"]
 
 

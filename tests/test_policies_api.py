@@ -33,11 +33,13 @@ from reswise.records import Records
 
 FLOPS = {16: 250, 24: 560, 32: 1000}
 
-# the keys (in order) of the dicts the policies returned before they returned typed results
+# the keys (in order) of the dicts the policies returned before they returned typed results;
+# select and cascade results then gained, last, what their calibration images can certify
 DROP = ["top1", "reference_top1", "acc_drop_pct", "acc_drop_ci"]
+FLOOR = ["min_certifiable_drop", "too_few_images", "warning"]
 SELECT_KEYS = ["resolution", "reference", "max_drop", "confidence", "method", "flops",
                "flops_drop_pct", "calib_drop_pct", "calib_upper_bound", "n_calib", "n_heldout",
-               *DROP, "candidates"]  # fmt: skip
+               *DROP, "candidates", *FLOOR]  # fmt: skip
 CANDIDATE_KEYS = ["resolution", "flops", "flops_drop_pct", "calib_top1", "calib_drop_pct",
                   "calib_upper_bound", "qualifies"]  # fmt: skip
 EVAL_KEYS = ["chain", "thresholds", "signal", "mean_flops", "flops_drop_pct", "stage_share_pct",
@@ -45,7 +47,7 @@ EVAL_KEYS = ["chain", "thresholds", "signal", "mean_flops", "flops_drop_pct", "s
 CASCADE_KEYS = ["chain", "thresholds", "signal", "mean_flops", "flops_drop_pct",
                 "stage_share_pct", *DROP, "reference", "max_drop", "confidence", "n_calib",
                 "calib_flops_drop_pct", "calib_top1", "calib_drop_pct", "calib_upper_bound",
-                "calib_normal_upper", "settings_searched", "n_heldout"]  # fmt: skip
+                "calib_normal_upper", "settings_searched", "n_heldout", *FLOOR]  # fmt: skip
 RANDOM_KEYS = ["seed", "choices", "weights", "share_pct", "mean_flops", "flops_drop_pct",
                "expected_flops_drop_pct", "n", *DROP]  # fmt: skip
 ORACLE_KEYS = ["uses_labels", "note", "mean_flops", "flops_drop_pct", "none_right_pct",

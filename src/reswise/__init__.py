@@ -40,6 +40,7 @@ _LAZY = {
     "adapt_checkpoint": "pipeline",
     "export_checked": "pipeline",
     "random_choice": "choices",
+    "Budget": "choices",
     "select": "choices",
     "cascade": "choices",
     "cascade_headroom": "choices",

@@ -91,17 +91,18 @@ def _get(images: Images, idx: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
     return images.get(torch.as_tensor(idx))
 
 
-def _recalibrate(
+def recalibrate_all(
     model: nn.Module,
     images: Images,
     resolutions: list[int],
     policy: ResizePolicy,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    n_images: int | None,
-    batch_size: int,
-    seed: int,
+    calib_size: int | None,
+    batch_size: int = 128,
+    seed: int = 0,
 ) -> dict[int, dict[str, torch.Tensor]]:
+    """BN buffers per resolution from the same ``calib_size`` images, each decoded once."""
     if batch_size <= 0:
         raise ReswiseError(f"batch_size must be positive, got {batch_size}")
     model = getattr(model, "model", model)  # a LoadedModel works too
@@ -113,7 +114,7 @@ def _recalibrate(
     device = param.device if param is not None else torch.device("cpu")
     nets = {r: _prepare(model) for r in resolutions}
     scale_shift = normalizer(mean, std)
-    idx = _pick(len(images), n_images, seed)
+    idx = _pick(len(images), calib_size, seed)
     with torch.no_grad():
         for a in range(0, len(idx), batch_size):
             batch = _get(images, idx[a : a + batch_size])  # decoded once for every resolution
@@ -153,24 +154,8 @@ def recalibrate_bn(
     is never modified: the work happens on a copy.
     """
     n = None if num_batches is None else num_batches * batch_size
-    return _recalibrate(model, images, [resolution], policy, mean, std, n, batch_size, seed)[
-        int(resolution)
-    ]
-
-
-def recalibrate_all(
-    model: nn.Module,
-    images: Images,
-    resolutions: list[int],
-    policy: ResizePolicy,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    calib_size: int | None,
-    batch_size: int = 128,
-    seed: int = 0,
-) -> dict[int, dict[str, torch.Tensor]]:
-    """BN buffers per resolution from the same ``calib_size`` images, each decoded once."""
-    return _recalibrate(model, images, resolutions, policy, mean, std, calib_size, batch_size, seed)
+    states = recalibrate_all(model, images, [resolution], policy, mean, std, n, batch_size, seed)
+    return states[int(resolution)]
 
 
 def save_bn_checkpoint(

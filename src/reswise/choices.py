@@ -11,6 +11,7 @@ policy's typed result; the CLI prints it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .policies import (
     select_resolution,
 )
 from .records import Records, SweepResult, jsonable, write_atomic
+from .report import dataset_label
 
 
 def _check_bn_split(run: SweepResult, calib_frac: float, seed: int) -> None:
@@ -68,104 +70,108 @@ def random_choice(
     )
 
 
-def select(
-    run: SweepResult,
-    *,
-    max_drop: float = 1.0,
-    confidence: float = 0.95,
-    calib_frac: float = 0.5,
-    seed: int = 0,
-    test: str = "bootstrap",
-) -> Any:
-    """Cheapest fixed resolution whose calibration drop bound is within ``max_drop``."""
-    records = choosing_records(run, calib_frac, seed)
+@dataclass(frozen=True)
+class Budget:
+    """What a choice must meet, and the seeded split it is chosen and reported on."""
+
+    max_drop: float = 1.0  # top-1 points one accepts to lose
+    confidence: float = 0.95  # one-sided, for the bound
+    calib_frac: float = 0.5  # share of the images used to choose; the rest report
+    seed: int = 0
+
+    def records(self, run: SweepResult) -> Records:
+        return choosing_records(run, self.calib_frac, self.seed)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "max_drop": self.max_drop,
+            "confidence": self.confidence,
+            "calib_frac": self.calib_frac,
+            "seed": self.seed,
+        }
+
+
+def select(run: SweepResult, budget: Budget = Budget(), *, test: str = "bootstrap") -> Any:
+    """Cheapest fixed resolution whose calibration drop bound is within the budget."""
     return select_resolution(
-        records,
-        run.flops,
-        run.reference,
-        max_drop=max_drop,
-        confidence=confidence,
-        calib_frac=calib_frac,
-        seed=seed,
-        method=test,
+        budget.records(run), run.flops, run.reference, method=test, **budget.kwargs()
     )
 
 
 def cascade(
-    run: SweepResult,
-    *,
-    max_drop: float = 1.0,
-    confidence: float = 0.95,
-    calib_frac: float = 0.5,
-    seed: int = 0,
-    signal: str = "auto",
-    max_len: int = 3,
+    run: SweepResult, budget: Budget = Budget(), *, signal: str = "auto", max_len: int = 3
 ) -> Any:
     """Confidence cascade of resolutions under the budget, reported on held-out images."""
-    records = choosing_records(run, calib_frac, seed)
     return search_cascade(
-        records,
+        budget.records(run),
         run.flops,
         run.reference,
-        max_drop=max_drop,
-        confidence=confidence,
         signal=signal,
-        calib_frac=calib_frac,
-        seed=seed,
         max_len=max_len,
+        **budget.kwargs(),
     )
 
 
-def cascade_headroom(
-    run: SweepResult, *, max_drop: float = 1.0, calib_frac: float = 0.5, seed: int = 0
-) -> list[dict[str, Any]]:
+def cascade_headroom(run: SweepResult, budget: Budget = Budget()) -> list[dict[str, Any]]:
     """Per cheaper resolution, what two-stage chains could save (in hindsight)."""
-    records = choosing_records(run, calib_frac, seed)
-    return headroom(records, run.flops, run.reference, max_drop=max_drop)
+    return headroom(budget.records(run), run.flops, run.reference, max_drop=budget.max_drop)
 
 
 def compare_policies(
     run: SweepResult,
+    budget: Budget = Budget(),
     *,
-    max_drop: float = 1.0,
-    confidence: float = 0.95,
-    calib_frac: float = 0.5,
-    seed: int = 0,
     max_len: int = 3,
     add: dict[str, SweepResult] | None = None,
     out: str | Path | None = None,
 ) -> Any:
-    """Every policy on one split; writes compare.md / .json / .png into ``out`` when given."""
+    """Every policy on one split; writes compare.md / .json / .png into ``out`` when given.
+
+    ``add`` holds runs of other models on the same images (checked by their fingerprint).
+    """
     from .compare import compare, compare_plot, compare_table
 
-    _check_bn_split(run, calib_frac, seed)
+    _check_bn_split(run, budget.calib_frac, budget.seed)
+    for label, other in (add or {}).items():
+        check_same_images(run, other, label)
     extras = {label: r.records for label, r in (add or {}).items()}
+    records_bn = run.bn.records if run.bn else None
     result = compare(
         run.records,
         run.flops,
         run.reference,
-        max_drop=max_drop,
-        confidence=confidence,
-        calib_frac=calib_frac,
-        seed=seed,
-        records_bn=run.bn.records if run.bn else None,
+        records_bn=records_bn,
         max_len=max_len,
         extras=extras,
+        **budget.kwargs(),
     )
     if out is not None:
         out = Path(out)
         d = result.to_dict()
-        head = compare_header(run, d, max_drop, confidence, seed)
-        text = head + compare_table(d["rows"]) + "\n\n![compare](compare.png)\n"
-        write_atomic(out / "compare.md", text.encode())
+        text = compare_header(run, d, budget) + compare_table(d["rows"])
+        write_atomic(out / "compare.md", (text + "\n\n![compare](compare.png)\n").encode())
         body = json.dumps({**d, **run_facts(run)}, indent=1, default=jsonable) + "\n"
         write_atomic(out / "compare.json", body.encode())
-        compare_plot(
-            d["rows"],
-            out / "compare.png",
-            f"{run.model} on {run.dataset}: held-out, n={d['n_heldout']}",
-        )
+        title = f"{run.model} on {dataset_label(run.dataset)}: held-out, n={d['n_heldout']}"
+        compare_plot(d["rows"], out / "compare.png", title)
     return result
+
+
+def check_same_images(run: SweepResult, other: SweepResult, label: str) -> None:
+    """Paired figures need the same images: runs are matched by their images' fingerprint."""
+    mine, theirs = run.meta.get("images_fingerprint"), other.meta.get("images_fingerprint")
+    if mine is None or theirs is None:
+        old = other.directory if theirs is None else run.directory
+        raise ReswiseError(
+            f"run {old} records no images fingerprint (made before reswise checked it); rerun "
+            "its sweep so the runs can be paired safely"
+        )
+    if mine != theirs:
+        raise ReswiseError(
+            f"run '{label}' ({other.directory}) was evaluated on other images than "
+            f"{run.directory} (fingerprints {theirs[:12]} vs {mine[:12]}); sweep both on the "
+            "same --data-root, --limit and --seed"
+        )
 
 
 def run_facts(run: SweepResult) -> dict[str, Any]:
@@ -173,14 +179,13 @@ def run_facts(run: SweepResult) -> dict[str, Any]:
     return {"model": run.model, "weights": run.weights, "dataset": run.dataset}
 
 
-def compare_header(
-    run: SweepResult, d: dict[str, Any], max_drop: float, confidence: float, seed: int
-) -> str:
+def compare_header(run: SweepResult, d: dict[str, Any], budget: Budget) -> str:
     r = run.reference
     return (
         f"# reswise compare: {run.model}\n\nWeights {run.weights}, data `{run.dataset}`, "
         f"reference {r}x{r}. Policies choose on {d['n_calib']} calibration images; every "
         f"figure below is measured on the other {d['n_heldout']} (held-out) images, seed "
-        f"{seed}. Budget: at most {max_drop} point(s) of top-1 at {confidence:.0%} one-sided "
-        "confidence. CIs are paired 95% intervals of the held-out drop.\n\n"
+        f"{budget.seed}. Budget: at most {budget.max_drop} point(s) of top-1 at "
+        f"{budget.confidence:.0%} one-sided confidence. CIs are paired 95% intervals of the "
+        "held-out drop.\n\n"
     )

@@ -8,8 +8,6 @@ resolution), so later analyses (selection, cascades, oracle) need no second mode
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +21,22 @@ from torch import nn
 from .data import Dataset, ResizePolicy, normalizer, to_input
 from .errors import ReswiseError
 from .flops import flops_table
-from .inference import check_resolutions, default_batch_size, fold_for_inference, resolve_device
-from .models import LoadedModel
+from .inference import (
+    check_memory,
+    check_resolutions,
+    default_batch_size,
+    fold_for_inference,
+    resolve_device,
+)
+from .models import LoadedModel, check_finite
+from .progress import Progress, config_key, weights_digest
 from .records import Records, SweepResult, summarize
 
 
-def config_key(**kw: Any) -> str:
-    return hashlib.sha1(json.dumps(kw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def images_fingerprint(dataset: Dataset) -> str:
+    """Which images, in which order, with which labels (see Dataset.fingerprint)."""
+    fp = getattr(dataset, "fingerprint", None)
+    return fp() if fp else f"{dataset.name}|{len(dataset)}"
 
 
 def _prefetch(fn: Callable[[int], Any], n: int) -> Iterator[Any]:
@@ -73,12 +80,14 @@ def sweep(
     shard: tuple[int, int] = (0, 1),
     bn_states: dict[int, dict[str, torch.Tensor]] | None = None,
     save_every_s: float = 30.0,
+    keep_progress: bool = False,
 ) -> SweepResult:
     """Evaluate ``model`` on ``dataset`` at every resolution, decoding each image once.
 
     ``model`` is a :class:`LoadedModel` (preprocessing facts come with it) or any ``nn.Module``
     (then pass ``mean``/``std``; ImageNet's are the default). ``checkpoint_path`` saves progress
-    as it goes and resumes a run with the same configuration. ``shard=(rank, world)`` evaluates
+    as it goes and resumes a run with the same configuration (``keep_progress``: leave the file
+    for the caller to delete once it has written the results). ``shard=(rank, world)`` evaluates
     every world-th chunk starting at rank (used by the distributed sweep). ``bn_states`` maps a
     resolution to BatchNorm buffers to load before evaluating at it (BN recalibration); a
     LoadedModel's own per-resolution state is used when it is not given.
@@ -87,23 +96,16 @@ def sweep(
     info, name, weights, net, policy, bn_states = _unpack(model, policy, bn_states)
     mean = mean or (info.mean if info else (0.485, 0.456, 0.406))
     std = std or (info.std if info else (0.229, 0.224, 0.225))
-    resolutions = list(resolutions)
-    reference = reference if reference is not None else max(resolutions)
-    if reference not in resolutions:
-        resolutions = [reference, *resolutions]
-    check_resolutions(info, resolutions)
-    if len(dataset) == 0:
-        raise ReswiseError("the dataset is empty; check --data-root and --limit")
-    bs = batch_size if batch_size is not None else default_batch_size(max(resolutions))
-    if bs <= 0:
-        raise ReswiseError(f"--batch-size must be positive, got {bs}")
+    resolutions, reference, bs = _plan(info, dataset, resolutions, reference, batch_size)
+    check_memory(info, net, resolutions, bs)
     flops = flops_table(net, resolutions, reference)  # also proves every resolution runs
     nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device)
     key = config_key(
         model=name,
         weights=weights,
-        data=dataset.name,
-        n=len(dataset),
+        digest=weights_digest(net),
+        bn=sorted(bn_states or {}),
+        images=images_fingerprint(dataset),
         res=resolutions,
         bs=bs,
         policy=repr(policy),
@@ -111,10 +113,14 @@ def sweep(
         std=std,
         shard=shard,
         fast=fast,
+        device=device,
+        threads=torch.get_num_threads(),
+        topk=topk,
     )
+    saver = Progress(checkpoint_path, key)
     loop = _Loop(dataset, resolutions, bs, shard, topk, normalizer(mean, std), policy, device)
     t0 = time.perf_counter()
-    records, seconds = loop.run(nets, key, checkpoint_path, save_every_s, progress, name)
+    records, seconds = loop.run(nets, saver, save_every_s, progress, name, keep_progress)
     result = SweepResult(
         model=name,
         weights=weights,
@@ -126,6 +132,7 @@ def sweep(
         records=records,
         skipped=list(getattr(dataset, "skipped", [])),
         fast_path=fast_desc,
+        meta={"images_fingerprint": images_fingerprint(dataset)},
         timings={
             "total_s": time.perf_counter() - t0,
             "eval_s": float(seconds.sum()),
@@ -135,6 +142,27 @@ def sweep(
     return result
 
 
+def _plan(
+    info: Any,
+    dataset: Dataset,
+    resolutions: list[int],
+    reference: int | None,
+    batch_size: int | None,
+) -> tuple[list[int], int, int]:
+    """Resolutions (the reference first when it was not listed), reference and batch size."""
+    resolutions = list(resolutions)
+    reference = reference if reference is not None else max(resolutions)
+    if reference not in resolutions:
+        resolutions = [reference, *resolutions]
+    check_resolutions(info, resolutions)
+    if len(dataset) == 0:
+        raise ReswiseError("the dataset is empty; check --data-root and --limit")
+    bs = batch_size if batch_size is not None else default_batch_size(max(resolutions))
+    if bs <= 0:
+        raise ReswiseError(f"--batch-size must be positive, got {bs}")
+    return resolutions, reference, bs
+
+
 def _unpack(
     model: nn.Module | LoadedModel,
     policy: ResizePolicy | None,
@@ -142,6 +170,9 @@ def _unpack(
 ) -> tuple[Any, str, str, nn.Module, ResizePolicy, dict[int, dict[str, torch.Tensor]] | None]:
     """Info, name, weights, module, resize policy and per-resolution BN of what was passed."""
     if not isinstance(model, LoadedModel):
+        check_finite(
+            model, f"the {model.__class__.__name__} passed to sweep"
+        )  # create_model checks its own
         return (
             None,
             model.__class__.__name__,
@@ -243,7 +274,9 @@ class _Loop:
             self.state["topk_idx"] = np.zeros(shape, np.int32)
             self.state["topk_prob"] = np.zeros(shape, np.float32)
 
-    def _batch(self, nets: dict[int, nn.Module], images: Any, pos: int, m: int) -> None:
+    def _batch(
+        self, nets: dict[int, nn.Module], images: Any, pos: int, m: int, span: tuple[int, int]
+    ) -> None:
         st, cl = self.state, self.device == "cpu"
         for ri, r in enumerate(self.resolutions):
             t = time.perf_counter()
@@ -252,6 +285,11 @@ class _Loop:
             if not self.checked:
                 self._allocate(logits.shape[1])
                 self.checked = True
+            if not torch.isfinite(logits).all():
+                raise ReswiseError(
+                    f"the model's outputs at {r}x{r} are not finite (NaN/Inf) for images "
+                    f"{span[0]}..{span[1] - 1}; check the weights and the input normalisation"
+                )
             logp = torch.log_softmax(logits, 1)
             p = logp.exp()
             top = p.topk(self.k, 1)
@@ -264,15 +302,15 @@ class _Loop:
     def run(
         self,
         nets: dict[int, nn.Module],
-        key: str,
-        checkpoint_path: str | Path | None,
+        saver: Progress,
         save_every_s: float,
         progress: bool,
         name: str,
+        keep_progress: bool = False,
     ) -> tuple[Records, np.ndarray]:
-        ckpt = Path(checkpoint_path) if checkpoint_path else None
-        if ckpt and ckpt.is_file():
-            self._resume(ckpt, key)
+        saved = saver.load()
+        if saved is not None:
+            self.state = saved
         st, chunks = self.state, self.chunks
         start = st["done"]
         pos = sum(b - a for a, b in chunks[:start])
@@ -284,28 +322,30 @@ class _Loop:
             from tqdm import tqdm
 
             bar = tqdm(total=len(chunks), initial=start, unit="batch", desc=f"sweep {name}")
-        last_save = time.perf_counter()
-        with torch.inference_mode():
-            for ci, images in enumerate(it, start=start):
-                a, b = chunks[ci]
-                self._batch(nets, images, pos, b - a)
-                pos += b - a
-                if bar:
-                    bar.update(1)
-                if ckpt and time.perf_counter() - last_save >= save_every_s:
-                    _save_progress(ckpt, key, ci + 1, st)
-                    last_save = time.perf_counter()
-        if bar:
-            bar.close()
-        if ckpt and ckpt.exists():
-            ckpt.unlink()
+        last_save, finished, saved_at = time.perf_counter(), start, start
+        try:
+            with torch.inference_mode():
+                for ci, images in enumerate(it, start=start):
+                    a, b = chunks[ci]
+                    self._batch(nets, images, pos, b - a, (a, b))
+                    pos, finished = pos + b - a, ci + 1
+                    if bar:
+                        bar.update(1)
+                    if time.perf_counter() - last_save >= save_every_s:
+                        saver.save(finished, st)
+                        last_save, saved_at = time.perf_counter(), finished
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every batch finished so far
+            if finished > saved_at:
+                saver.save(finished, st)
+            raise
+        finally:
+            if bar:
+                bar.close()
+        if keep_progress:  # complete: a failure to write the results then costs no rework
+            saver.save(len(chunks), st)
+        else:
+            saver.discard()
         return self._records(), st["fwd"]
-
-    def _resume(self, ckpt: Path, key: str) -> None:
-        d = np.load(ckpt, allow_pickle=False)
-        if str(d["key"]) == key:
-            self.state = {f: d[f] for f in ("topk_idx", "topk_prob", "entropy", "fwd")}
-            self.state["done"] = int(d["done"])
 
     def _records(self) -> Records:
         st, R = self.state, len(self.resolutions)
@@ -322,17 +362,3 @@ class _Loop:
             st["topk_prob"],
             st["entropy"],
         )
-
-
-def _save_progress(path: Path, key: str, done: int, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        key=np.array(key),
-        done=np.array(done),
-        topk_idx=state["topk_idx"],
-        topk_prob=state["topk_prob"],
-        entropy=state["entropy"],
-        fwd=state["fwd"],
-    )
-    tmp.replace(path)

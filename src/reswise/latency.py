@@ -15,8 +15,7 @@ import copy
 import gc
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +27,11 @@ from .data import parse_resolutions
 from .errors import ReswiseError
 from .export import export_graph, prepare_model, require_onnxruntime
 from .flops import flops_table
-from .inference import check_resolutions, fold_for_inference, resolve_device
+from .inference import check_resolutions, fold_for_inference, resolve_device, torch_threads
 from .models import LoadedModel
 
 DISAGREE_POINTS = 10.0  # latency drop vs FLOPs drop, in percentage points
 RUNTIMES = ("torch", "onnxruntime")
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[int]:
-    """Run with ``n`` intra-op threads (None: leave as is), restoring the previous count after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 def time_calls(

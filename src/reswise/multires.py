@@ -67,6 +67,9 @@ class PrivateBN(nn.Module):
             return self.model(x)
         return functional_call(self.model, self.overrides(r), (x,), strict=False)
 
-    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+    def checkpoint_state(
+        self, class_names: tuple[str, ...] | list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Plain state_dict (native BN) + the private BN of every other resolution, encoded."""
-        return checkpoint_state(self.model.state_dict(), {r: self.overrides(r) for r in self.extra})
+        per_res = {r: self.overrides(r) for r in self.extra}
+        return checkpoint_state(self.model.state_dict(), per_res, class_names)

@@ -22,14 +22,16 @@ import torch
 
 from . import distributed
 from .bn_recal import recalibrate_all
-from .data import Dataset, ResizePolicy, load_dataset, parse_resolutions
+from .data import Dataset, ResizePolicy, align_labels, load_dataset, parse_resolutions
 from .errors import ReswiseError
 from .flops import flops_table
+from .inference import available_cpus, torch_threads
 from .models import LoadedModel, create_model, model_info
 from .models._registry import shared_root
 from .policies import calib_heldout_split
 from .records import BNPass, SweepResult, summarize
 from .report import write_report
+from .rundir import interruptible, owned
 
 
 @dataclass
@@ -62,6 +64,9 @@ class SweepConfig:
     calib_split: bool = False  # BN statistics from the calibration part of the evaluation images
     calib_frac: float = 0.5
     latency: bool = False  # add measured batch-1 latency per resolution
+    threads: int | None = None  # intra-op threads; default: the CPUs this process may use
+    save_every_s: float = 30.0  # how often progress is saved (a killed run loses at most this)
+    class_map: str | None = None  # JSON {folder: model class name or index}
 
     def out_dir(self) -> Path:
         if self.out:
@@ -106,8 +111,10 @@ def policy_for(cfg: SweepConfig, lm: LoadedModel) -> ResizePolicy:
     )
 
 
-def load_data(cfg: SweepConfig) -> Dataset:
-    return load_dataset(
+def load_data(cfg: Any, lm: LoadedModel | None = None) -> Dataset:
+    """The images ``cfg`` names (a SweepConfig, or any object with its data fields), with
+    labels mapped onto ``lm``'s classes by name when the weights carry class names."""
+    data = load_dataset(
         cfg.dataset,
         cfg.data_root,
         split=cfg.split,
@@ -115,6 +122,12 @@ def load_data(cfg: SweepConfig) -> Dataset:
         on_corrupt=cfg.on_corrupt,
         seed=cfg.seed,
     )
+    if lm is None:
+        return data
+    data, _ = align_labels(
+        data, lm.info.class_names, getattr(cfg, "class_map", None), num_classes=lm.info.num_classes
+    )
+    return data
 
 
 def load_calib(cfg: SweepConfig, data: Dataset) -> tuple[Dataset, str, dict[str, Any] | None]:
@@ -153,38 +166,62 @@ def load_calib(cfg: SweepConfig, data: Dataset) -> tuple[Dataset, str, dict[str,
 def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     """The sweep (+ BN-recalibrated pass, + latency columns), written to ``cfg.out_dir()``.
 
-    Returns None on a non-zero torchrun rank (rank 0 gathers the records).
+    The run directory is held by this process (a second writer is refused), checked writable
+    before any work, and keeps its progress files until the results are written: a run that
+    is killed, interrupted or hits a full disk resumes where it stopped. Returns None on a
+    non-zero torchrun rank (rank 0 gathers the records).
     """
     res = parse_resolutions(cfg.resolutions)
-    lm = load_model(
-        cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, random_init=cfg.random_init
-    )
-    data = load_data(cfg)
     out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    policy = policy_for(cfg, lm)
-    kw = dict(
-        policy=policy,
-        batch_size=cfg.batch_size,
-        fast=cfg.fast,
-        device=cfg.device,
-        progress=cfg.progress,
-    )
-    result = distributed.sweep(
-        lm, data, res, cfg.reference, checkpoint_path=out / "progress.npz", **kw
-    )
-    if cfg.recalibrate_bn:
-        bn = _bn_pass(cfg, lm, data, res, policy, result, out, kw)
+    rank = distributed.world()[0]
+    with owned(out, rank), interruptible(), torch_threads(cfg.threads or available_cpus()):
+        lm = load_model(
+            cfg.model,
+            pretrained=cfg.pretrained,
+            checkpoint=cfg.checkpoint,
+            random_init=cfg.random_init,
+        )
+        data = load_data(cfg, lm)
+        policy = policy_for(cfg, lm)
+        kw = dict(
+            policy=policy,
+            batch_size=cfg.batch_size,
+            fast=cfg.fast,
+            device=cfg.device,
+            progress=cfg.progress,
+            keep_progress=True,
+            save_every_s=cfg.save_every_s,
+        )
+        result = distributed.sweep(
+            lm, data, res, cfg.reference, checkpoint_path=out / "progress.npz", **kw
+        )
+        if cfg.recalibrate_bn:
+            bn = _bn_pass(cfg, lm, data, res, policy, result, out, kw)
+            if result is not None:
+                result.bn = bn
         if result is not None:
-            result.bn = bn
-    if result is None:
-        return None
-    if cfg.latency:
-        _add_latency(cfg, lm, res, result)
-    result.directory = str(out)
-    if write:
-        save_run(result, out)
+            if cfg.latency:
+                _add_latency(cfg, lm, res, result)
+            result.directory = str(out)
+            result.meta["threads"] = torch.get_num_threads()
+            result.meta["labels"] = data.label_mapping
+            result.meta["dataset_kind"] = cfg.dataset
+            if write:
+                _save_or_explain(result, out)
+        for p in out.glob("progress*.npz"):  # the results are safe: progress has done its job
+            p.unlink(missing_ok=True)
     return result
+
+
+def _save_or_explain(result: SweepResult, out: Path) -> None:
+    try:
+        save_run(result, out)
+    except OSError as e:
+        raise ReswiseError(
+            f"cannot write the results into {out} ({e.strerror or e}); everything computed is "
+            f"kept in {out}/progress*.npz: free space or fix the folder, then rerun the same "
+            "command to write them without evaluating again"
+        ) from None
 
 
 def _bn_pass(
@@ -293,32 +330,20 @@ def recalibrate_checkpoint(
     *,
     calib_size: int = 2000,
     seed: int = 0,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-    antialias: bool = True,
+    policy: ResizePolicy | None = None,
 ) -> dict[str, Any]:
-    """Write ``out``: the model plus BN statistics re-estimated at each resolution."""
-    from .bn_recal import save_bn_checkpoint
-    from .models._registry import sha256_file
+    """Write ``out``: the model plus BN statistics re-estimated at each resolution.
 
+    ``policy``: how images become r x r inputs (default: the weights' own, ``eval_policy()``).
+    """
     res = parse_resolutions(resolutions)
-    policy = lm.info.eval_policy(
-        crop_pct=crop_pct, interpolation=interpolation, antialias=antialias
-    )
     calib = load_dataset("imagefolder", calib_root)
+    policy = policy or lm.info.eval_policy()
     states = recalibrate_all(
         lm.model, calib, res, policy, lm.info.mean, lm.info.std, calib_size, seed=seed
     )
-    save_bn_checkpoint(lm.model, states, out)
-    return {
-        "model": lm.info.name,
-        "weights": lm.weights,
-        "resolutions": res,
-        "out": str(out),
-        "calib_root": calib_root,
-        "calib_size": min(calib_size, len(calib)),
-        "sha256": sha256_file(out),
-    }
+    facts = {"calib_root": calib_root, "calib_size": min(calib_size, len(calib))}
+    return _write_checkpoint(lm, states, out, facts)
 
 
 def adapt_checkpoint(
@@ -335,22 +360,30 @@ def adapt_checkpoint(
 ) -> dict[str, Any]:
     """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
     from .adapt import adapt, adapter_size
-    from .bn_recal import save_bn_checkpoint
+
+    data = load_dataset("imagefolder", train_root)
+    states = adapt(lm, data, parse_resolutions(resolutions), steps, batch_size, lr, seed, log=log)
+    facts = {"steps": steps, "train_root": train_root, **adapter_size(lm.model)}
+    return _write_checkpoint(lm, states, out, facts)
+
+
+def _write_checkpoint(
+    lm: LoadedModel,
+    states: dict[int, dict[str, torch.Tensor]],
+    out: str | Path,
+    facts: dict[str, Any],
+) -> dict[str, Any]:
+    from .checkpoint import save_checkpoint
     from .models._registry import sha256_file
 
-    res = parse_resolutions(resolutions)
-    data = load_dataset("imagefolder", train_root)
-    states = adapt(lm, data, res, steps, batch_size, lr, seed, log=log)
-    save_bn_checkpoint(lm.model, states, out)
+    save_checkpoint(lm, states, out)  # the LoadedModel: its class names travel too
     return {
         "model": lm.info.name,
         "weights": lm.weights,
         "resolutions": sorted(states),
-        "steps": steps,
-        "train_root": train_root,
         "out": str(out),
         "sha256": sha256_file(out),
-        **adapter_size(lm.model),
+        **facts,
     }
 
 
@@ -369,6 +402,8 @@ def export_checked(
     from .inference import check_resolutions
 
     check_resolutions(lm.info, [resolution])
+    if Path(out).is_dir():
+        raise ReswiseError(f"--out {out} is a folder; give the path of the .onnx file to write")
     images = None
     if check_root:
         data = load_dataset("imagefolder", check_root, limit=check_size, seed=0)

@@ -7,7 +7,7 @@ works from these, so it never needs torch or a model pass.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,20 @@ class Records:
             self.topk_prob[:, s],
             self.entropy[:, s],
             self.crop_pct,
+        )
+
+    def only(self, resolutions: list[int]) -> Records:
+        """The same images at fewer resolutions (in the order given)."""
+        i = [self.row(r) for r in resolutions]
+        crop = None if self.crop_pct is None else np.asarray(self.crop_pct)[i]
+        return Records(
+            list(resolutions),
+            self.indices,
+            self.labels,
+            self.topk_idx[i],
+            self.topk_prob[i],
+            self.entropy[i],
+            crop,
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -170,6 +184,28 @@ class SweepResult:
     @property
     def flops(self) -> dict[int, int]:
         return {int(r["resolution"]): r["flops"] for r in self.rows}
+
+    def restrict(self, resolutions: list[int] | None, reference: int | None) -> SweepResult:
+        """This run seen through ``--resolutions`` (a subset) and ``--reference`` (one of them).
+
+        Choosing commands then pick only among the given resolutions; the reference stays in
+        the records, since every drop is measured against it.
+        """
+        have = self.records.resolutions
+        ref = self.reference if reference is None else int(reference)
+        keep = list(dict.fromkeys([ref, *(resolutions or have)]))
+        missing = [r for r in keep if r not in have]
+        if missing:
+            raise ReswiseError(
+                f"resolution {missing[0]} is not in the run's records ({have}); choose among "
+                "those, or rerun the sweep with it"
+            )
+        rows = [next(r for r in self.rows if r["resolution"] == k) for k in keep]
+        bn = None
+        if self.bn:
+            bn_rows = [next(r for r in self.bn.rows if r["resolution"] == k) for k in keep]
+            bn = replace(self.bn, records=self.bn.records.only(keep), rows=bn_rows)
+        return replace(self, records=self.records.only(keep), rows=rows, reference=ref, bn=bn)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -90,9 +90,10 @@ def seed_table(rows: list[dict[str, Any]], with_top1: bool = True) -> str:
 
 def conditions(result: SweepResult) -> str:
     skipped = f", {len(result.skipped)} unreadable images skipped" if result.skipped else ""
+    labels = f" ({result.meta['labels']})" if result.meta.get("labels") else ""
     return (
         f"Model `{result.model}` (weights: {result.weights}) on `{result.dataset}`, "
-        f"{result.n} images{skipped}; resolution policy: {result.policy}; reference "
+        f"{result.n} images{skipped}{labels}; resolution policy: {result.policy}; reference "
         f"{result.reference}x{result.reference}. Accuracy drop in points of top-1 against the "
         f"reference on the same images, with a paired 95% CI. FLOPs: torch.utils.flop_counter "
         f"(convolutions and matrix multiplies, 2 FLOPs per MAC)."

@@ -48,19 +48,24 @@ def check_writable(out: Path) -> None:
 
 
 @contextmanager
-def owned(out: str | Path) -> Iterator[Path]:
-    """Hold ``out`` for this process: a second writer gets an error naming the holder."""
+def owned(out: str | Path, rank: int = 0) -> Iterator[Path]:
+    """Hold ``out`` for this process: a second writer gets an error naming the holder.
+
+    Under torchrun every rank holds a lock of its own in the same folder (ranks write
+    rank-suffixed progress files), so a second launch collides on every rank.
+    """
     out = Path(out)
     check_writable(out)
-    lock = FileLock(str(out / LOCK))
+    suffix = f".rank{rank}" if rank else ""
+    lock = FileLock(str(out / f"{LOCK}{suffix}"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise ReswiseError(
-            f"--out {out} is being written by another reswise run ({_holder(out)}); wait for it "
+            f"--out {out} is being written by another reswise run ({_holder(out / (OWNER + suffix))}); wait for it "
             "to finish or give another --out"
         ) from None
-    owner = out / OWNER
+    owner = out / f"{OWNER}{suffix}"
     try:
         facts = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime(),
                  "command": " ".join(sys.argv)[:300]}  # fmt: skip
@@ -77,9 +82,9 @@ def owned(out: str | Path) -> Iterator[Path]:
         lock.release()
 
 
-def _holder(out: Path) -> str:
+def _holder(owner: Path) -> str:
     try:
-        f = json.loads((out / OWNER).read_text())
+        f = json.loads(owner.read_text())
         return f"pid {f['pid']} on {f['host']} since {f['since']}: {f['command']}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"

@@ -3,6 +3,16 @@
 Choosing a resolution needs a one-sided upper bound on its accuracy drop: ``select`` uses the
 paired bootstrap (:func:`paired_bootstrap_upper`) by default; ``--test exact`` picks the exact
 McNemar bound (:func:`mcnemar_upper`).
+
+What n images can certify at all (:func:`min_certifiable_drop`): even when none of n paired
+images is harmed (right at the reference, wrong at the candidate), the exact one-sided upper
+bound on the share of harmed images is the Clopper-Pearson bound for 0 successes in n trials,
+u(n) = 1 - (1 - confidence)^(1/n), about 3/n at 95 %: 100 u(n) points of top-1. A smaller bound
+certifies nothing (the bootstrap's and the conditional McNemar bound are 0 when no image
+differs, from 1 image as from a million), so the policies floor every candidate's bound at
+100 u(n). The floor ignores evidence that a candidate helps (images only it gets right): it is
+conservative by design. :func:`images_needed` inverts it: the smallest n with 100 u(n) <= a
+budget.
 """
 
 from __future__ import annotations
@@ -109,6 +119,37 @@ def clopper_pearson_upper(k: int, m: int, confidence: float) -> float:
     except ImportError:
         return _cp_upper_bisect(k, m, confidence)
     return float(beta.ppf(confidence, k + 1, m - k))
+
+
+def min_certifiable_drop(n: int, confidence: float) -> float:
+    """100 u(n) points, u(n) = 1 - (1 - confidence)^(1/n): the smallest drop n images can certify.
+
+    The exact (Clopper-Pearson) one-sided upper bound on the share of harmed images when none of
+    the n is harmed; 100 (nothing certified) for n <= 0.
+    """
+    _check_confidence(confidence)
+    if n <= 0:
+        return 100.0
+    return float(-100.0 * math.expm1(math.log1p(-confidence) / n))
+
+
+def images_needed(max_drop: float, confidence: float) -> int | None:
+    """The smallest n with ``min_certifiable_drop(n) <= max_drop``; None when none is (budget 0).
+
+    100 u(n) <= D  <=>  n >= ln(1 - confidence) / ln(1 - D / 100); the closed form is then
+    checked against :func:`min_certifiable_drop` itself, so the two never disagree by float noise.
+    """
+    _check_confidence(confidence)
+    if not max_drop > 0:
+        return None
+    if max_drop >= 100.0:
+        return 1
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-max_drop / 100.0)))
+    while n > 1 and min_certifiable_drop(n - 1, confidence) <= max_drop:
+        n -= 1
+    while min_certifiable_drop(n, confidence) > max_drop:
+        n += 1
+    return n
 
 
 def mcnemar_upper(ref: np.ndarray, new: np.ndarray, confidence: float) -> float:

@@ -259,7 +259,11 @@ def train(
         run.save(epoch + 1)
     model.eval()
     # CPU tensors, so the file loads anywhere; multi-resolution adds each resolution's private BN
-    final = model.checkpoint_state() if multi else checkpoint_state(model.state_dict(), {})
+    # the folder names trained on travel with the weights, so evaluation maps labels by name
+    names = train_data.classes if len(train_data.classes) == lm.info.num_classes else None
+    final = (
+        model.checkpoint_state(names) if multi else checkpoint_state(model.state_dict(), {}, names)
+    )
     torch.save(final, out)
     return {
         "epochs": cfg.epochs,

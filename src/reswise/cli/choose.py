@@ -13,7 +13,18 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--from", dest="from_run", help="a finished sweep's run directory (no model pass)"
     )
+    before = len(p._actions)
     add_sweep_args(p, required=False)
+    # what --from makes meaningless: given with it, they are refused instead of ignored
+    sweep_only = [
+        (a.dest, a.option_strings[0], a.default)
+        for a in p._actions[before:]
+        if a.dest not in FROM_HONOURS
+    ]
+    p.set_defaults(sweep_only=sweep_only)
+
+
+FROM_HONOURS = {"resolutions", "reference", "seed", "json", "threads"}
 
 
 def _budget(p: argparse.ArgumentParser) -> None:
@@ -95,21 +106,19 @@ def run_random(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def budget(args: argparse.Namespace) -> Any:
+    from ..choices import Budget
+
+    return Budget(args.max_drop, args.confidence, args.calib_frac, args.seed)
+
+
 def run_select(args: argparse.Namespace) -> dict[str, Any]:
     from ..choices import run_facts, select
 
     run = records_source(args)
     if run is None:
         return {}
-    out = select(
-        run,
-        max_drop=args.max_drop,
-        confidence=args.confidence,
-        calib_frac=args.calib_frac,
-        seed=args.seed,
-        test=args.test,
-    ).to_dict()
-    out.update(run_facts(run))
+    out = {**select(run, budget(args), test=args.test).to_dict(), **run_facts(run)}
     if not args.json:
         r = out["resolution"]
         print(
@@ -119,6 +128,8 @@ def run_select(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.confidence:.0%} ({args.test}); {out['n_calib']} calibration / "
             f"{out['n_heldout']} held-out images"
         )
+        if out["warning"]:
+            print(f"warning: {out['warning']}")
     return out
 
 
@@ -128,16 +139,8 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
     run = records_source(args)
     if run is None:
         return {}
-    out = cascade(
-        run,
-        max_drop=args.max_drop,
-        confidence=args.confidence,
-        calib_frac=args.calib_frac,
-        seed=args.seed,
-        signal=args.signal,
-        max_len=args.max_len,
-    ).to_dict()
-    out.update(run_facts(run))
+    found = cascade(run, budget(args), signal=args.signal, max_len=args.max_len)
+    out = {**found.to_dict(), **run_facts(run)}
     if not args.json:
         shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(out["chain"], out["stage_share_pct"]))
         print(
@@ -146,10 +149,10 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
             f"drop {out['flops_drop_pct']:.2f} %, held-out accuracy drop "
             f"{out['acc_drop_pct']:.2f} points ({_ci(out)}); answered at {shares}"
         )
+        if out["warning"]:
+            print(f"warning: {out['warning']}")
     if args.headroom:
-        out["headroom"] = cascade_headroom(
-            run, max_drop=args.max_drop, calib_frac=args.calib_frac, seed=args.seed
-        )
+        out["headroom"] = cascade_headroom(run, budget(args))
         if not args.json:
             print(headroom_table(out["headroom"], args.max_drop, run.n))
     return out
@@ -193,21 +196,9 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     run = records_source(args)
     if run is None:
         return {}
-    out = compare_policies(
-        run,
-        max_drop=args.max_drop,
-        confidence=args.confidence,
-        calib_frac=args.calib_frac,
-        seed=args.seed,
-        max_len=args.max_len,
-        add=add,
-        out=run.directory,
-    ).to_dict()
-    out.update(run_facts(run))
+    found = compare_policies(run, budget(args), max_len=args.max_len, add=add, out=run.directory)
+    out = {**found.to_dict(), **run_facts(run)}
     if not args.json:
-        print(
-            compare_header(run, out, args.max_drop, args.confidence, args.seed)
-            + compare_table(out["rows"])
-        )
+        print(compare_header(run, out, budget(args)) + compare_table(out["rows"]))
         print(f"\nwritten: {run.directory}/compare.md, {run.directory}/compare.png")
     return out

@@ -49,6 +49,12 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         choices=["skip", "error"],
         help="unreadable images: skip and count them (default) or stop",
     )
+    g.add_argument(
+        "--class-map",
+        metavar="FILE",
+        help="JSON {folder: model class name or index}, for folders whose names the model's "
+        "classes do not carry",
+    )
     add_preprocess_args(p)
 
 
@@ -70,6 +76,22 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default runs/<model>_<data>)")
     p.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and splits")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--save-every-s",
+        type=float,
+        default=30.0,
+        help="seconds between progress saves (a killed run resumes from the last one)",
+    )
+    add_threads(p)
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (default: the CPUs this process may use, affinity and cgroup "
+        "quota counted)",
+    )
 
 
 def add_bn_args(p: argparse.ArgumentParser) -> None:
@@ -118,7 +140,9 @@ def records_source(args: argparse.Namespace) -> Any:
     from ..pipeline import load_run, run_sweep
 
     if args.from_run:
-        return load_run(args.from_run)
+        run = load_run(args.from_run)
+        check_from_flags(args, run)
+        return run.restrict(parse_resolutions_or_none(args), args.reference)
     for need in ("model", "dataset", "resolutions"):
         if not getattr(args, need, None):
             raise ReswiseError(f"give --from RUN_DIR, or --{need} (and the other sweep flags)")
@@ -130,3 +154,56 @@ def parse_floats(text: str, flag: str) -> list[float]:
         return [float(w) for w in text.split(",")]
     except ValueError:
         raise ReswiseError(f"{flag} must be comma-separated numbers, got '{text}'") from None
+
+
+def model_from(args: argparse.Namespace, need_weights: bool = True) -> Any:
+    """The model the --model/--checkpoint/--pretrained/--random-init flags name."""
+    from ..pipeline import load_model
+
+    return load_model(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        need_weights=need_weights,
+    )
+
+
+def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Flags passed on under their own names."""
+    return {n: getattr(args, n) for n in names}
+
+
+def parse_resolutions_or_none(args: argparse.Namespace) -> list[int] | None:
+    from ..data import parse_resolutions
+
+    return parse_resolutions(args.resolutions) if args.resolutions else None
+
+
+def check_from_flags(args: argparse.Namespace, run: Any) -> None:
+    """Sweep flags given with --from: naming the run's own model/data is fine, anything else
+    would be silently ignored, so it is refused."""
+    from pathlib import Path
+
+    facts = {"model": run.model, "dataset": run.meta.get("dataset_kind"), "data_root": run.dataset}
+    for dest, flag, default in args.sweep_only:
+        value = getattr(args, dest)
+        if value == default:
+            continue
+        if dest in facts:
+            have = facts[dest]
+            same = have is None or (
+                Path(value).resolve() == Path(have).resolve()
+                if dest == "data_root"
+                else value == have
+            )
+            if same:
+                continue
+            raise ReswiseError(
+                f"{flag} {value} disagrees with {args.from_run}, which was made with {have}; "
+                "drop it, or drop --from to sweep again"
+            )
+        raise ReswiseError(
+            f"{flag} has no effect with --from RUN (the run's records were made with their own "
+            "settings); drop it, or drop --from to sweep again"
+        )

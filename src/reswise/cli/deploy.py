@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ReswiseError
-from .common import add_json, add_model_args
+from .common import add_json, add_model_args, add_threads, model_from, pick
 
 
 def add_parser(sub: Any) -> None:
@@ -38,6 +38,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--check-root", help="ImageFolder of real images for the check")
     p.add_argument("--check-size", type=int, default=256, help="images used for the check")
     p.add_argument("--opset", type=int, default=17)
+    add_threads(p)
     add_json(p)
     p.set_defaults(func=run_export)
 
@@ -45,7 +46,6 @@ def add_parser(sub: Any) -> None:
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import parse_resolutions
     from ..latency import format_latency_table, measure_latency
-    from ..pipeline import load_model
 
     try:
         batch_sizes = [int(b) for b in args.batch_size.split(",")]
@@ -54,25 +54,10 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
             f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
         ) from None
     # timing does not depend on the weights' values
-    lm = load_model(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-        need_weights=False,
-    )
-    rows = measure_latency(
-        lm,
-        parse_resolutions(args.resolutions),
-        batch_sizes,
-        threads=args.threads,
-        device=args.device,
-        runtime=args.runtime,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        reference=args.reference,
-        fast=not args.no_fast,
-    )
+    lm = model_from(args, need_weights=False)
+    kw = pick(args, "threads", "device", "runtime", "warmup", "repeats", "reference")
+    res = parse_resolutions(args.resolutions)
+    rows = measure_latency(lm, res, batch_sizes, fast=not args.no_fast, **kw)
     if not args.json:
         print(
             f"{lm.info.name} ({args.runtime}, {args.device}), median of {args.repeats} timed "
@@ -83,23 +68,11 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
-    from ..pipeline import export_checked, load_model
+    from ..pipeline import export_checked
 
-    lm = load_model(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-    )
-    out = export_checked(
-        lm,
-        args.resolution,
-        args.out,
-        bake_resize_from=args.bake_resize_from,
-        check_root=args.check_root,
-        check_size=args.check_size,
-        opset=args.opset,
-    )
+    lm = model_from(args)
+    kw = pick(args, "bake_resize_from", "check_root", "check_size", "opset")
+    out = export_checked(lm, args.resolution, args.out, **kw)
     if not args.json:
         print(
             f"wrote {out['out']} ({out['bytes']} bytes, sha256 {out['sha256'][:16]}…) at "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 from ..errors import ReswiseError
 from ..records import jsonable
@@ -25,9 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+    print(f"reswise: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Threads that wait for work sleep instead of spinning: with another busy process on a
+    # small machine, spinning OpenMP threads fight over the cores (README: under contention).
+    # Only effective before torch is imported, which this module does not do.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _one_line
     try:
+        if getattr(args, "threads", None) is not None and args.threads <= 0:
+            raise ReswiseError(f"--threads must be a positive integer, got {args.threads}")
+        if hasattr(args, "threads") and args.command != "latency":
+            import torch
+
+            from ..inference import available_cpus
+
+            torch.set_num_threads(args.threads or available_cpus())
         result = args.func(args)
     except ReswiseError as e:
         print(f"reswise: error: {e}", file=sys.stderr)
@@ -36,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print("reswise: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         if "torch.distributed" in sys.modules:
             from ..distributed import shutdown
 

@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_data_args, add_json, add_model_args, add_preprocess_args, add_res_args
+from .common import (
+    add_data_args,
+    add_json,
+    add_model_args,
+    add_preprocess_args,
+    add_res_args,
+    add_threads,
+    model_from,
+    pick,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +39,7 @@ def add_parser(sub: Any) -> None:
     add_preprocess_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint file to write")
+    add_threads(p)
     add_json(p)
     p.set_defaults(func=run_recalibrate)
 
@@ -42,6 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint: backbone + one adapter per resolution")
+    add_threads(p)
     add_json(p)
     p.set_defaults(func=run_adapt)
 
@@ -54,6 +65,7 @@ def add_parser(sub: Any) -> None:
         "cifar10-jpeg/test, with RESWISE_SHARED defaulting to the checkout's sibling shared/",
     )
     p.add_argument("--limit", type=int)
+    add_threads(p)
     add_json(p)
     p.set_defaults(func=run_reproduce)
 
@@ -100,6 +112,7 @@ def _add_train(sub: Any) -> None:
         help="auto (a CUDA GPU when one is visible, else the CPU) | cpu | cuda",
     )
     p.add_argument("--no-progress", action="store_true")
+    add_threads(p)
     add_json(p)
     p.set_defaults(func=run_train)
 
@@ -163,24 +176,15 @@ def run_flops(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from ..pipeline import load_model, recalibrate_checkpoint
+    from ..pipeline import recalibrate_checkpoint
 
-    lm = load_model(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
+    lm = model_from(args)
+    policy = lm.info.eval_policy(
+        crop_pct=args.crop_pct, interpolation=args.interpolation, antialias=not args.no_antialias
     )
+    kw = pick(args, "calib_size", "seed")
     out = recalibrate_checkpoint(
-        lm,
-        args.calib_root,
-        args.resolutions,
-        args.out,
-        calib_size=args.calib_size,
-        seed=args.seed,
-        crop_pct=args.crop_pct,
-        interpolation=args.interpolation,
-        antialias=not args.no_antialias,
+        lm, args.calib_root, args.resolutions, args.out, policy=policy, **kw
     )
     if not args.json:
         print(
@@ -191,25 +195,11 @@ def run_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
-    from ..pipeline import adapt_checkpoint, load_model
+    from ..pipeline import adapt_checkpoint
 
-    lm = load_model(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-    )
-    out = adapt_checkpoint(
-        lm,
-        args.train_root,
-        args.resolutions,
-        args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        log=_log(args),
-    )
+    lm = model_from(args)
+    kw = pick(args, "steps", "batch_size", "lr", "seed")
+    out = adapt_checkpoint(lm, args.train_root, args.resolutions, args.out, log=_log(args), **kw)
     if not args.json:
         print(
             f"wrote {args.out}: adapters for {out['resolutions']}, each "
@@ -222,41 +212,23 @@ def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load_dataset, parse_resolutions
     from ..inference import resolve_device
-    from ..pipeline import load_model
+    from ..pipeline import load_data
     from ..train import TrainConfig, train
 
     device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
-    lm = load_model(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-        need_weights=False,
-    )
-    data = load_dataset(
-        args.dataset,
-        args.data_root,
-        split=args.split,
-        limit=args.limit,
-        on_corrupt=args.on_corrupt,
-        seed=args.seed,
-    )
+    lm = model_from(args, need_weights=False)
+    data = load_data(args)
     test = load_dataset("imagefolder", args.test_root) if args.test_root else None
     res = args.train_resolutions
+    same = pick(args, "epochs", "lr", "warmup_epochs", "label_smoothing", "batch_size", "seed")
     cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        batch_size=args.batch_size,
-        seed=args.seed,
+        **same,
         train_resolutions=tuple(parse_resolutions(res)) if res else (),
         bf16=not args.fp32,
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
-        distill=args.distill,
-        largest_weight=args.largest_weight,
         init=lm.weights,
+        **pick(args, "distill", "largest_weight"),
     )
     return train(
         lm,

@@ -8,21 +8,21 @@ tensor (CIFAR-like data; airbench style), :class:`FileImages` decodes variable-s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
 import tarfile
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import ReswiseError
+from .files import check_paths, decode_image, decode_many, files_key, same_small_size
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("cifar10", "imagefolder", "imagenet")
@@ -52,13 +52,21 @@ def cache_dir() -> Path:
 
 @dataclass
 class TensorImages:
-    """A dataset held in memory as one uint8 tensor ``N x 3 x H x W``."""
+    """A dataset held in memory as one uint8 tensor ``N x 3 x H x W``.
+
+    ``classes`` are always the folder names; ``labels`` index ``classes`` until
+    :func:`reswise.data.align_labels` maps them to a model's classes, after which they index
+    ``label_names`` (the model's class names, or None when it carries none) and
+    ``label_mapping`` says how they were mapped.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     name: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    label_names: tuple[str, ...] | None = None
+    label_mapping: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,12 +75,28 @@ class TensorImages:
         return self.images[indices]
 
     def subset(self, indices: torch.Tensor) -> TensorImages:
-        return TensorImages(self.images[indices], self.labels[indices], self.classes, self.name)
+        return dataclasses.replace(
+            self, images=self.images[indices], labels=self.labels[indices], skipped=[]
+        )
+
+    def fingerprint(self) -> str:
+        """A digest of the pixels and labels: equal for the same evaluated images and labels.
+
+        blake2b over the raw uint8 bytes: the CIFAR-10 test set (30.7 MB) in 0.033 s here.
+        """
+        h = hashlib.blake2b(digest_size=8)
+        h.update(f"{tuple(self.images.shape)}|{len(self.labels)}".encode())
+        h.update(self.images.detach().cpu().contiguous().numpy())
+        h.update(self.labels.detach().cpu().to(torch.int64).contiguous().numpy())
+        return h.hexdigest()
 
 
 @dataclass
 class FileImages:
-    """Variable-size images on disk, decoded on demand (each exactly once per sweep)."""
+    """Variable-size images on disk, decoded on demand (each exactly once per sweep).
+
+    ``classes``, ``labels``, ``label_names`` and ``label_mapping`` as in :class:`TensorImages`.
+    """
 
     paths: list[str]
     labels: torch.Tensor
@@ -80,6 +104,8 @@ class FileImages:
     name: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     workers: int = 4
+    label_names: tuple[str, ...] | None = None
+    label_mapping: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,20 +115,24 @@ class FileImages:
             return list(pool.map(lambda i: decode_image(self.paths[i]), indices.tolist()))
 
     def subset(self, indices: torch.Tensor) -> FileImages:
-        idx = indices.tolist()
-        return FileImages(
-            [self.paths[i] for i in idx], self.labels[indices], self.classes, self.name
-        )
+        paths = [self.paths[i] for i in indices.tolist()]
+        return dataclasses.replace(self, paths=paths, labels=self.labels[indices], skipped=[])
+
+    def fingerprint(self) -> str:
+        """A digest of each file's absolute path, size and modification time, and the labels:
+        it changes when a file is replaced or edited, without reading the pixels."""
+        h = hashlib.blake2b(digest_size=8)
+        for p in self.paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError as e:  # gone since loading: still a different set of images
+                h.update(f"{os.path.abspath(p)}|{e.errno}\n".encode())
+        h.update(self.labels.detach().cpu().to(torch.int64).contiguous().numpy())
+        return h.hexdigest()
 
 
 Dataset = TensorImages | FileImages
-
-
-def decode_image(path: str) -> torch.Tensor:
-    """Decode one file to a ``3 x H x W`` uint8 RGB tensor (PIL, as torchvision's ImageFolder)."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]:
@@ -126,44 +156,6 @@ def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]
     return paths, labels, classes
 
 
-def _decode_checked(path: str) -> tuple[torch.Tensor | None, str]:
-    try:
-        return decode_image(path), ""
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return None, f"{e.__class__.__name__}: {str(e)[:80]}"
-
-
-def _decode_many(paths: list[str]) -> list[tuple[torch.Tensor | None, str]]:
-    """Decode small images fast: JPEGs in one batched libjpeg-turbo call, the rest with PIL.
-
-    Measured here on 3 000 CIFAR JPEGs: 0.08 s batched vs 0.36 s PIL (serial; a thread pool is
-    slower still for tiny images), with bit-identical pixels. A batch that fails (a corrupt
-    file) falls back to PIL file by file, so the bad file is found and named.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-    out: list[tuple[torch.Tensor | None, str]] = [(None, "")] * len(paths)
-    jpegs = [i for i, p in enumerate(paths) if p.lower().endswith((".jpg", ".jpeg"))]
-    for start in range(0, len(jpegs), 4096):
-        part = jpegs[start : start + 4096]
-        try:
-            # torchvision 0.29 deprecates its decoders for torchcodec and warns on every file
-            # read; they are still the fastest batched CPU JPEG path here, so say it once (README)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                imgs = decode_jpeg([read_file(paths[i]) for i in part], mode=ImageReadMode.RGB)
-            for i, im in zip(part, imgs):
-                out[i] = (im, "")
-        except (RuntimeError, ValueError, OSError):
-            for i in part:
-                out[i] = _decode_checked(paths[i])
-    done = set(jpegs)
-    for i, p in enumerate(paths):
-        if i not in done:
-            out[i] = _decode_checked(p)
-    return out
-
-
 def _select(paths: list[str], labels: list[int], limit: int | None, seed: int) -> list[int]:
     """A stratification-free but class-mixed subset: a seeded permutation, then the first `limit`."""
     order = list(range(len(paths)))
@@ -171,27 +163,6 @@ def _select(paths: list[str], labels: list[int], limit: int | None, seed: int) -
         g = torch.Generator().manual_seed(seed)
         order = sorted(torch.randperm(len(paths), generator=g)[:limit].tolist())
     return order
-
-
-def _same_small_size(paths: list[str]) -> bool:
-    """Peek at a few images: one size everywhere and small -> decode all into one tensor."""
-    sizes = set()
-    for p in paths[:: max(1, len(paths) // 16)][:16]:
-        try:
-            with Image.open(p) as im:
-                sizes.add(im.size)
-        except (UnidentifiedImageError, OSError):
-            pass
-    return len(sizes) == 1 and next(iter(sizes))[0] * next(iter(sizes))[1] <= 128 * 128
-
-
-def _files_key(paths: list[str]) -> str:
-    """Names, sizes and modification times: a changed file is decoded again."""
-    key = hashlib.sha1()
-    for p in paths:
-        st = os.stat(p)
-        key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return key.hexdigest()
 
 
 def load_imagefolder(
@@ -204,9 +175,11 @@ def load_imagefolder(
 ) -> Dataset:
     """Load ``root/<class>/*``. Same-size images (CIFAR-like) become one cached uint8 tensor.
 
-    Corrupt or unreadable files are skipped and counted (``on_corrupt="skip"``, the default: a
-    sweep over 50 000 images should not die on one bad file, and the count is reported) or
-    stop the run with the file's name (``on_corrupt="error"``).
+    Corrupt or unreadable files (damaged bytes, symbolic-link loops, dangling links, images
+    over PIL's pixel limit) are skipped and counted in ``skipped`` with a reason
+    (``on_corrupt="skip"``, the default: a sweep over 50 000 images should not die on one bad
+    file, and the count is reported) or stop the run with the file's name
+    (``on_corrupt="error"``). Labels are folder positions: see :func:`reswise.data.align_labels`.
     """
     if on_corrupt not in ("skip", "error"):
         raise ReswiseError(f"on_corrupt must be 'skip' or 'error', got '{on_corrupt}'")
@@ -216,73 +189,67 @@ def load_imagefolder(
     labels = [labels[i] for i in keep]
     name = str(Path(root))
 
-    if not _same_small_size(paths):
-        imgs = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
-        return _check_files(imgs, on_corrupt)
-    cache = cache_dir() / "decoded" / f"{_files_key(paths)}.pt"
+    files = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
+    if not same_small_size(paths):
+        return _check_files(files, on_corrupt)
+    cache = cache_dir() / "decoded" / f"{files_key(paths)}.pt"
     if use_cache and cache.is_file():
         try:
             d = torch.load(cache, weights_only=True)
             skipped = list(zip(d["skipped_paths"], d["skipped_why"], strict=True))
             if skipped and on_corrupt == "error":
-                raise ReswiseError(f"cannot decode image {skipped[0][0]} ({skipped[0][1]})")
+                _refuse(*skipped[0])
             return TensorImages(d["images"], d["labels"], classes, name, skipped)
         except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError):
             pass  # stale or broken cache: decode again
-    decoded = _decode_many(paths)
-    ok, skipped = [], []
-    for p, (img, why) in zip(paths, decoded, strict=True):
-        if img is None:
-            if on_corrupt == "error":
-                raise ReswiseError(
-                    f"cannot decode image {p} ({why}); remove it or use --on-corrupt skip"
-                )
-            skipped.append((p, why))
-        ok.append(img is not None)
-    shapes = {tuple(im.shape) for im in (d[0] for d in decoded) if im is not None}
-    if len(shapes) != 1:
-        imgs = FileImages(paths, torch.tensor(labels), classes, name, workers=workers)
-        return _check_files(imgs, on_corrupt)
-    images = torch.stack([d[0] for d in decoded if d[0] is not None])
-    lab = torch.tensor([lbl for lbl, k in zip(labels, ok, strict=True) if k])
+    decoded = decode_many(paths)
+    skipped = [(p, why) for p, (img, why) in zip(paths, decoded, strict=True) if img is None]
+    if skipped and on_corrupt == "error":
+        _refuse(*skipped[0])
+    if len({tuple(img.shape) for img, _ in decoded if img is not None}) != 1:
+        return _check_files(files, on_corrupt)
+    images = torch.stack([img for img, _ in decoded if img is not None])
+    lab = torch.tensor(
+        [lbl for lbl, (img, _) in zip(labels, decoded, strict=True) if img is not None]
+    )
     if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        # a fresh temporary name per writer: runs started together decode one folder at once
-        fd, tmp_name = tempfile.mkstemp(suffix=".tmp", prefix=cache.stem, dir=cache.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        torch.save(
-            {
-                "images": images,
-                "labels": lab,
-                "skipped_paths": [s[0] for s in skipped],
-                "skipped_why": [s[1] for s in skipped],
-            },
-            tmp,
-        )
-        tmp.replace(cache)
+        _write_cache(cache, images, lab, skipped)
     return TensorImages(images, lab, classes, name, skipped)
+
+
+def _write_cache(
+    cache: Path, images: torch.Tensor, labels: torch.Tensor, skipped: list[tuple[str, str]]
+) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh temporary name per writer: runs started together decode one folder at once
+    fd, tmp_name = tempfile.mkstemp(suffix=".tmp", prefix=cache.stem, dir=cache.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    torch.save(
+        {
+            "images": images,
+            "labels": labels,
+            "skipped_paths": [s[0] for s in skipped],
+            "skipped_why": [s[1] for s in skipped],
+        },
+        tmp,
+    )
+    tmp.replace(cache)
 
 
 def _check_files(imgs: FileImages, on_corrupt: str) -> FileImages:
     """Open (header only) every file once, so bad files are found before the model runs."""
-    good, skipped = [], []
-    for i, p in enumerate(imgs.paths):
-        try:
-            with Image.open(p) as im:
-                im.verify()
-            good.append(i)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            why = f"{e.__class__.__name__}: {str(e)[:80]}"
-            if on_corrupt == "error":
-                raise ReswiseError(
-                    f"cannot decode image {p} ({why}); remove it or use --on-corrupt skip"
-                ) from None
-            skipped.append((p, why))
+    good, skipped = check_paths(imgs.paths)
+    if skipped and on_corrupt == "error":
+        _refuse(*skipped[0])
     if skipped:
         imgs = imgs.subset(torch.tensor(good, dtype=torch.long))
     imgs.skipped = skipped
     return imgs
+
+
+def _refuse(path: str, why: str) -> None:
+    raise ReswiseError(f"cannot decode image {path} ({why}); remove it or use --on-corrupt skip")
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

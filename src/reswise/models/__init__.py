@@ -6,18 +6,22 @@ from ._registry import (
     ModelInfo,
     Weights,
     create_model,
+    finish_loading,
     list_models,
     load_state_dict,
     model_info,
     register_model,
     register_resolver,
 )
+from .finite import check_finite
 
 __all__ = [
     "LoadedModel",
     "ModelInfo",
     "Weights",
+    "check_finite",
     "create_model",
+    "finish_loading",
     "list_models",
     "load_state_dict",
     "model_info",

@@ -7,9 +7,11 @@ single entry point used by the CLI and the Python API.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch import nn
 from ..checkpoint import ExtraState, check_fits, split_checkpoint
 from ..data.policy import ResizePolicy
 from ..errors import ReswiseError
+from .finite import check_loaded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +68,10 @@ class ModelInfo:
     min_size: int = 1  # smallest input side the network can take
     weights: tuple[Weights, ...] = ()
     default_weights: str | None = None  # tag of `weights` used by pretrained=True
+    # what each output means, in output order (CIFAR-10 names, ImageNet wnids); None when the
+    # weights do not say (random init, a checkpoint without names): data labels are then
+    # folder positions (reswise.data.align_labels)
+    class_names: tuple[str, ...] | None = None
 
     def eval_policy(
         self,
@@ -207,18 +214,41 @@ def resolve_weights(w: Weights) -> Path:
     return p
 
 
+def _unreadable(path: Path, e: BaseException) -> str:
+    """Why ``torch.load`` failed, in one line: another kind of file, code inside, or damage."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; before PyTorch 1.6, a pickle (protocol 2+: 0x80)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return (
+            f"checkpoint {path} cannot be read safely: it is not a PyTorch file (it starts with {head!r}); "
+            "pass a file written by torch.save(model.state_dict(), path)"
+        )
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if found:
+        return (
+            f"checkpoint {path} cannot be read safely (it holds {found.group(1)}, not only "
+            "tensors); it must be a plain state_dict saved with torch.save"
+        )
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # may be empty
+    why = f"{e.__class__.__name__}: {lines[0][:100]}" if lines else e.__class__.__name__
+    return f"checkpoint {path} is truncated or damaged ({why}); save or download it again"
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (``weights_only=True``) and unwrap the common containers."""
     path = Path(path)
     if not path.is_file():
         raise ReswiseError(f"checkpoint {path} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise ReswiseError(
+            f"checkpoint {path} is empty (0 bytes): it was never written completely; "
+            "save or download it again"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ReswiseError(
-            f"checkpoint {path} cannot be read safely ({str(e).splitlines()[0][:120]}); "
-            "it must be a plain state_dict saved with torch.save"
-        ) from None
+        raise ReswiseError(_unreadable(path, e)) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -307,9 +337,39 @@ def create_model(
             w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
             path = resolve_weights(w)
             source = f"{name}.{w.tag}"
+    if kwargs.get("num_classes", info.num_classes) != info.num_classes:
+        info = dataclasses.replace(info, num_classes=kwargs["num_classes"], class_names=None)
     if checkpoint is not None:
         path = source = str(checkpoint)
-    if path is None:
-        return LoadedModel(model.eval(), info, source)
-    extra = load_checkpoint(model, path)
+    extra = ExtraState() if path is None else load_checkpoint(model, path)
+    return finish_loading(model, info, source, extra, from_checkpoint=checkpoint is not None)
+
+
+def finish_loading(
+    model: nn.Module,
+    info: ModelInfo,
+    source: str,
+    extra: ExtraState | None = None,
+    *,
+    from_checkpoint: bool = False,
+) -> LoadedModel:
+    """The end of every family's loading: refuse non-finite weights and keep the class names
+    that belong to the weights (a user's checkpoint says its own or none; random init none)."""
+    extra = ExtraState() if extra is None else extra  # an empty one is falsy: keep its names
+    known = source != "random init" and not from_checkpoint
+    names = (
+        extra.class_names
+        if extra.class_names is not None
+        else (info.class_names if known else None)
+    )
+    what = f"checkpoint {source}" if from_checkpoint else f"weights {source}"
+    if names is not None and len(names) != info.num_classes:
+        raise ReswiseError(
+            f"{what} carries {len(names)} class names but the model predicts "
+            f"{info.num_classes} classes; re-save it with one name per output"
+        )
+    if source != "random init":
+        check_loaded(model, extra, what)
+    if names != info.class_names:
+        info = dataclasses.replace(info, class_names=names)
     return LoadedModel(model.eval(), info, source, extra)

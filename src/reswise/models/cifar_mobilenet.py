@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..data.classes import CIFAR10_NAMES
 from ._registry import ModelInfo, jpeg_weights, register_model
 
 # (expansion t, channels c, blocks n, first stride s); torchvision's table with s=1 for c=24
@@ -113,6 +114,7 @@ def _register(name: str, width: float) -> None:
         min_size=4,  # three stride-2 stages; smaller inputs are 1x1 before the last one
         weights=ws,
         default_weights=ws[0].tag if ws else None,
+        class_names=CIFAR10_NAMES,
     )
 
     @register_model(info)

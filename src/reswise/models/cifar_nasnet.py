@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.classes import CIFAR10_NAMES
 from ._registry import ModelInfo, jpeg_weights, register_model
 
 # Each block: (left op, left input, right op, right input), summed; the inputs index the cell's
@@ -296,6 +297,7 @@ def _register(name: str, defaults: dict[str, int]) -> None:
         min_size=4,  # two reductions; smaller inputs are 1x1 before the last stage
         weights=ws,
         default_weights=ws[0].tag if ws else None,
+        class_names=CIFAR10_NAMES,
     )
 
     @register_model(info)

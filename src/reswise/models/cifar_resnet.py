@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.classes import CIFAR10_NAMES
 from ._registry import ModelInfo, Weights, jpeg_weights, register_model
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
@@ -134,6 +135,7 @@ def _register(depth: int) -> None:
         min_size=4,  # two stride-2 stages; smaller inputs collapse to 1x1 before stage 3
         weights=weights,
         default_weights=weights[0].tag if weights else None,
+        class_names=CIFAR10_NAMES,
     )
 
     @register_model(info)

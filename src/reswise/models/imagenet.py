@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..data.classes import imagenet_wnids
 from ..errors import ReswiseError
 from ._registry import (
     LoadedModel,
     ModelInfo,
+    finish_loading,
     load_checkpoint,
     load_into,
     load_state_dict,
@@ -42,6 +45,7 @@ def _register_torchvision(name: str, min_size: int) -> None:
         input_size=224,
         num_classes=1000,
         min_size=min_size,
+        class_names=imagenet_wnids(),
     )
 
     @register_model(info)
@@ -74,6 +78,7 @@ for _n, _m in _TORCHVISION.items():
         std=(0.5, 0.5, 0.5),
         crop_pct=0.875,
         min_size=32,
+        class_names=imagenet_wnids(),
     )
 )
 def efficientnet_lite0(pretrained: bool = False, num_classes: int = 1000) -> nn.Module:
@@ -111,17 +116,20 @@ def timm_info(name: str) -> ModelInfo:
     cfg = timm.models.get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
     size = cfg.get("input_size", (3, 224, 224))[-1]
+    num_classes = cfg.get("num_classes", 1000)
     return ModelInfo(
         name=f"timm:{name}",
         family="timm",
         task="imagenet",
         input_size=size,
-        num_classes=cfg.get("num_classes", 1000),
+        num_classes=num_classes,
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         crop_pct=cfg.get("crop_pct", 0.875),
         interpolation=cfg.get("interpolation", "bilinear"),
         min_size=32,
+        # 1000 outputs: ImageNet-1k in its standard order (in22k heads have 21 843 and no list)
+        class_names=imagenet_wnids() if num_classes == 1000 else None,
     )
 
 
@@ -143,12 +151,13 @@ def create_timm(
             f"timm could not create '{name}' ({e.__class__.__name__}: {str(e)[:80]}); "
             "pretrained weights need the internet once, or pass --checkpoint FILE"
         ) from None
+    if kwargs.get("num_classes", info.num_classes) != info.num_classes:
+        info = dataclasses.replace(info, num_classes=kwargs["num_classes"], class_names=None)
     if checkpoint is None:
-        return LoadedModel(
-            model.eval(), info, f"timm:{name}.pretrained" if pretrained else "random init"
-        )
+        source = f"timm:{name}.pretrained" if pretrained else "random init"
+        return finish_loading(model, info, source)
     extra = load_checkpoint(model, checkpoint)
-    return LoadedModel(model.eval(), info, str(checkpoint), extra)
+    return finish_loading(model, info, str(checkpoint), extra, from_checkpoint=True)
 
 
 register_resolver("timm:", timm_info, create_timm)

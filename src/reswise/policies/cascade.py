@@ -4,6 +4,14 @@ An image starts at ``chain[0]``; if its confidence there is >= the stage's thres
 otherwise it runs again at the next resolution; the last stage always answers. FLOPs are
 counted honestly: an escalated image pays for every pass it took, so a cascade only saves
 when most images stop early.
+
+The search certifies a setting as :func:`reswise.policies.select.select_resolution` certifies a
+resolution: n calibration images cannot bound a drop below 100 u(n) points, u(n) = 1 -
+(1 - confidence)^(1/n) (the exact bound on the share of harmed images when none is harmed, about
+3/n at 95 %). Every setting's bound but the reference alone's (exactly 0) is floored there: in
+the fast normal screen (so it never admits what the final bootstrap check would reject) and in
+that check, single resolutions included. When 100 u(n) > ``max_drop`` the reference alone is the
+answer, with ``too_few_images`` set and a ``warning`` naming the images the budget needs.
 """
 
 from __future__ import annotations
@@ -19,11 +27,20 @@ from ..errors import ReswiseError
 from ..records import SIGNALS, Records
 from ..stats import drop_summary, paired_bootstrap_upper
 from .results import CascadeEval, CascadeResult
-from .split import EPS, calib_heldout_split, check_inputs, check_max_drop, flops_drop_pct
+from .split import (
+    EPS,
+    calib_heldout_split,
+    certify_floor,
+    check_inputs,
+    check_max_drop,
+    flops_drop_pct,
+)
 
 KEEP = 3  # feasible settings kept per searched prefix, in case bootstrap rejects the best
 
-# a searched setting: (mean FLOPs, normal bound, chain length, chain, signal, thresholds)
+# a searched setting: (mean FLOPs, normal bound, chain length, chain, signal, thresholds); the
+# normal bound is the raw one (it orders settings as before); admitting one compares its floored
+# value with the budget, and the result reports the floored value
 Setting = tuple[float, float, int, tuple[int, ...], str | None, tuple[float, ...]]
 
 
@@ -113,8 +130,11 @@ def _search_chain(
     n_thresholds: int,
     z: float,
     max_drop: float,
+    floor: float,
 ) -> tuple[list[tuple[float, float, tuple[float, ...]]], int]:
     """Feasible (mean FLOPs, normal bound, thresholds) of one chain, and the settings tried.
+
+    Feasible: the normal bound, floored at ``floor`` (points), is within ``max_drop``.
 
     Earlier stages go over a grid (about ``n_thresholds`` combinations in all); for each, every
     threshold of the second-to-last stage is scored at once with cumulative sums over the
@@ -150,7 +170,7 @@ def _search_chain(
         mean = (paid + flops[pen] * n_e + flops[last] * (n_e - stops)) / n
         ub = _normal_upper(bb, cc, n, z)
         tried += len(t_pen)
-        ok = np.flatnonzero(ub <= max_drop + EPS)
+        ok = np.flatnonzero(np.maximum(ub, floor) <= max_drop + EPS)
         for j in ok[np.lexsort((ub[ok], mean[ok]))][:KEEP]:
             found.append((float(mean[j]), float(ub[j]), (*map(float, ts), float(t_pen[j]))))
     return found, tried
@@ -181,13 +201,16 @@ def _screen(
     reference: int,
     signals: tuple[str, ...],
     max_drop: float,
-    z: float,
+    confidence: float,
     max_len: int,
     n_thresholds: int,
 ) -> tuple[list[Setting], int]:
-    """Settings other than the reference alone whose normal bound is within budget, in
-    :func:`_order`, and the number of settings tried (the reference alone included)."""
+    """Settings other than the reference alone whose normal bound, floored at what the images
+    can certify, is within budget, in :func:`_order`, and the number of settings tried (the
+    reference alone included)."""
     n = len(cal.labels)
+    z = NormalDist().inv_cdf(confidence)
+    floor, _, _ = certify_floor(n, max_drop, confidence)
     ref = cal.correct(reference)
     right = {r: cal.correct(r) for r in cal.resolutions}
     res = sorted(cal.resolutions)
@@ -200,7 +223,7 @@ def _screen(
             continue  # drop exactly 0: the fallback _confirm always has
         bb, cc = np.sum(ref & ~right[r]), np.sum(~ref & right[r])
         ub = float(_normal_upper(np.array(bb), np.array(cc), n, z))
-        if ub <= max_drop + EPS:
+        if max(ub, floor) <= max_drop + EPS:
             found.append((float(flops[r]), ub, 1, (r,), None, ()))
     for s in signals:
         conf = {r: cal.confidence(r, s).astype(np.float64) for r in res}
@@ -210,7 +233,7 @@ def _screen(
                 for pre in itertools.combinations(lower, length - 1):
                     chain = (*pre, e)
                     hits, k = _search_chain(
-                        chain, conf, right, ref, flops, n_thresholds, z, max_drop
+                        chain, conf, right, ref, flops, n_thresholds, z, max_drop, floor
                     )
                     tried += k
                     found += [(m, u, length, chain, s, ts) for m, u, ts in hits]
@@ -226,9 +249,10 @@ def _confirm(
     confidence: float,
     seed: int,
     max_drop: float,
+    floor: float,
 ) -> tuple[Setting, np.ndarray, float]:
-    """The first setting in order whose paired bootstrap bound is within budget, its per-image
-    correctness on the calibration images and that bound.
+    """The first setting in order whose paired bootstrap bound, floored at ``floor``, is within
+    budget, its per-image correctness on the calibration images and that (floored) bound.
 
     The reference alone has a drop of exactly 0 against itself, so it is within any budget:
     settings ordered after it are never tried, and it is the answer when nothing before it passes.
@@ -239,7 +263,7 @@ def _confirm(
         if _order(f) > _order(ref_alone):
             break
         correct, _, _ = run_cascade(cal, flops, list(f[3]), list(f[5]), f[4] or "max_softmax")
-        boot = paired_bootstrap_upper(ref, correct, confidence, seed=seed)
+        boot = max(paired_bootstrap_upper(ref, correct, confidence, seed=seed), floor)
         if boot <= max_drop + EPS:
             return f, correct, boot
     return ref_alone, ref, 0.0
@@ -263,17 +287,21 @@ def search_cascade(
     Searched on the calibration images: chains ascending in resolution, 1 to ``max_len`` stages,
     ending at the reference or a resolution at least as accurate; every signal (``"auto"``) or
     the given one; thresholds from the quantiles of calibration confidences. A fast normal
-    bound screens settings; the paired bootstrap bound confirms the winner. Reported on the
-    held-out images.
+    bound screens settings; the paired bootstrap bound confirms the winner; both are floored at
+    100 u(n_calib) (see the module docstring). Reported on the held-out images.
     """
     check_inputs(records, flops, reference)
     signals = _check_search(max_drop, max_len, confidence, signal)
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
     cal = records.subset(calib)
-    z = NormalDist().inv_cdf(confidence)
-    found, tried = _screen(cal, flops, reference, signals, max_drop, z, max_len, n_thresholds)
-    win, correct, boot = _confirm(found, cal, flops, reference, confidence, seed, max_drop)
+    floor, too_few, warning = certify_floor(len(calib), max_drop, confidence)
+    found, tried = _screen(
+        cal, flops, reference, signals, max_drop, confidence, max_len, n_thresholds
+    )
+    win, correct, boot = _confirm(found, cal, flops, reference, confidence, seed, max_drop, floor)
     mean, nub, _, chain, s, ts = win
+    if chain != (reference,):
+        nub = max(nub, floor)
     cal_fig = drop_summary(cal.correct(reference), correct)
     held_fig = evaluate_cascade(
         records, flops, reference, list(chain), list(ts), s or "max_softmax", idx=held
@@ -300,4 +328,7 @@ def search_cascade(
         calib_normal_upper=float(nub),
         settings_searched=int(tried),
         n_heldout=held_fig.n,
+        min_certifiable_drop=floor,
+        too_few_images=too_few,
+        warning=warning,
     )

@@ -2,7 +2,9 @@
 
 Each result is a frozen dataclass whose fields are the keys of the dict the policy used to
 return, in the same order: ``result.top1`` and ``result["top1"]`` both work, ``to_dict()``
-gives the plain dict (nested results included) that the CLI writes as JSON.
+gives the plain dict (nested results included) that the CLI writes as JSON. Keys added since
+come last: ``min_certifiable_drop``, ``too_few_images`` and ``warning`` on the select and cascade
+results (what the calibration images can certify at all; see :mod:`.split`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class SelectResult(Result):
     acc_drop_pct: float
     acc_drop_ci: list[float]
     candidates: list[SelectCandidate]
+    min_certifiable_drop: float  # 100 u(n_calib): no bound but the reference's is below it
+    too_few_images: bool  # the floor exceeds max_drop: only the reference could qualify
+    warning: str | None  # says so, and how many images the budget needs; None when fine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +132,9 @@ class CascadeResult(Result):
     calib_normal_upper: float
     settings_searched: int
     n_heldout: int
+    min_certifiable_drop: float  # as in SelectResult
+    too_few_images: bool
+    warning: str | None
 
 
 @dataclass(frozen=True, kw_only=True)

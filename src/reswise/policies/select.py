@@ -3,6 +3,14 @@
 The bound is one-sided at ``confidence``: the paired bootstrap by default (``method="bootstrap"``)
 or the exact McNemar / Clopper-Pearson bound (``method="exact"``, the CLI's ``--test exact``).
 The figures reported come from the held-out images, which played no part in the choice.
+
+The rule, from the bound itself: with n calibration images, even when no image is harmed, the
+exact one-sided bound on the share of harmed images is the Clopper-Pearson bound for 0 successes
+in n trials, u(n) = 1 - (1 - confidence)^(1/n) (about 3/n at 95 %), i.e. 100 u(n) points of
+top-1. So every candidate's bound is floored at 100 u(n) (the reference keeps exactly 0: it is
+compared with itself), and when 100 u(n) > ``max_drop`` only the reference qualifies: the result
+has ``too_few_images`` set and a ``warning`` naming the images the budget needs (the smallest n
+with 100 u(n) <= ``max_drop``). 1 or 10 calibration images certify nothing within 1 point.
 """
 
 from __future__ import annotations
@@ -13,7 +21,14 @@ from ..errors import ReswiseError
 from ..records import Records
 from ..stats import drop_summary, mcnemar_upper, paired_bootstrap_upper
 from .results import SelectCandidate, SelectResult
-from .split import EPS, calib_heldout_split, check_inputs, check_max_drop, flops_drop_pct
+from .split import (
+    EPS,
+    calib_heldout_split,
+    certify_floor,
+    check_inputs,
+    check_max_drop,
+    flops_drop_pct,
+)
 
 METHODS = ("bootstrap", "exact")
 
@@ -37,19 +52,25 @@ def select_resolution(
     seed: int = 0,
     method: str = "bootstrap",
 ) -> SelectResult:
-    """Smallest-FLOPs resolution whose calibration drop upper bound is <= ``max_drop`` points."""
+    """Smallest-FLOPs resolution whose calibration drop upper bound is <= ``max_drop`` points.
+
+    Every bound but the reference's is at least 100 u(n_calib) (see the module docstring).
+    """
     check_inputs(records, flops, reference)
     if method not in METHODS:
         raise ReswiseError(f"unknown test '{method}'; use bootstrap or exact")
     check_max_drop(max_drop)
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
+    floor, too_few, warning = certify_floor(len(calib), max_drop, confidence)
     ref_c = records.correct(reference)
     candidates = []
     for r in records.resolutions:
         c = records.correct(r)
         # the reference compared with itself has a drop of exactly 0: it always qualifies
         ub = (
-            0.0 if r == reference else upper_bound(ref_c[calib], c[calib], confidence, method, seed)
+            0.0
+            if r == reference
+            else max(upper_bound(ref_c[calib], c[calib], confidence, method, seed), floor)
         )
         s = drop_summary(ref_c[calib], c[calib])
         candidates.append(
@@ -84,4 +105,7 @@ def select_resolution(
         acc_drop_pct=held_fig["acc_drop_pct"],
         acc_drop_ci=held_fig["acc_drop_ci"],
         candidates=candidates,
+        min_certifiable_drop=floor,
+        too_few_images=too_few,
+        warning=warning,
     )
