@@ -43,3 +43,16 @@ def make_imagefolder(
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "data")
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A plain state_dict of a seeded, untrained CIFAR ResNet-20 (no class names carried)."""
+    import torch
+
+    from reswise.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    p = tmp_path / "r20.pt"
+    torch.save(CifarResNet(20).state_dict(), p)
+    return p

@@ -24,14 +24,6 @@ from reswise.models.cifar_resnet import CifarResNet
 from .conftest import CIFAR_JPEG, make_imagefolder, needs_shared
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    p = tmp_path / "r20.pt"
-    torch.save(CifarResNet(20).state_dict(), p)
-    return p
-
-
 def _err(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -208,30 +200,9 @@ def test_failed_progress_saves_warn_and_the_run_still_finishes(tmp_path, tiny_fo
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, ckpt, how):
-    argv = [
-        sys.executable,
-        "-m",
-        "reswise",
-        "sweep",
-        "--model",
-        "cifar_resnet20",
-        "--checkpoint",
-        str(ckpt),
-        "--dataset",
-        "imagefolder",
-        "--data-root",
-        str(CIFAR_JPEG / "test"),
-        "--resolutions",
-        "32,24,16",
-        "--limit",
-        "1500",
-        "--batch-size",
-        "50",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--json",
-    ]
+    argv = [sys.executable, "-m", "reswise"]
+    argv += _sweep_argv(ckpt, CIFAR_JPEG / "test", tmp_path / "unused")[:-4]  # no --out, --json
+    argv += ["--limit", "1500", "--batch-size", "50", "--threads", "1", "--no-progress"]
     clean = subprocess.run([*argv, "--out", str(tmp_path / "clean")], capture_output=True)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "stopped"

@@ -5,23 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import reswise
 from reswise.cli import main
-from reswise.models.cifar_resnet import CifarResNet
 
 from .conftest import make_imagefolder
 
 TIMING = {"eval_images_per_s"}  # measured, so it differs from run to run
-
-
-@pytest.fixture
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    p = tmp_path / "r20.pt"
-    torch.save(CifarResNet(20).state_dict(), p)
-    return p
 
 
 def cli_json(capsys, argv):
