@@ -70,7 +70,16 @@ def test_no_import_loop_between_modules():
         visit(m, [])
 
 
-@pytest.mark.parametrize("module", ["reswise.policies", "reswise.records", "reswise.choices"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "reswise.policies",
+        "reswise.records",
+        "reswise.choices",
+        "reswise.policy_file",
+        "reswise.runtime",
+    ],
+)
 def test_choosing_imports_no_torch(module):
     code = f"import {module}, sys; assert 'torch' not in sys.modules, 'torch imported'"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

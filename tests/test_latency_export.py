@@ -138,7 +138,7 @@ def test_missing_onnxruntime_says_how_to_install(monkeypatch, tmp_path):
 KEYS = {
     "resolution",
     "batch_size",
-    "runtime",
+    "backend",
     "device",
     "threads",
     "median_ms",
@@ -152,8 +152,8 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_latency_rows(runtime):
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_latency_rows(backend):
     model = create_model("cifar_resnet20").model
     before = torch.get_num_threads()
     want_threads = 2 if before == 1 else 1  # differs from the current count, so restore shows
@@ -162,7 +162,7 @@ def test_latency_rows(runtime):
         [16, 32],
         batch_sizes=[1, 2],
         threads=want_threads,
-        runtime=runtime,
+        backend=backend,
         warmup=1,
         repeats=3,
     )
@@ -175,7 +175,7 @@ def test_latency_rows(runtime):
     ]
     for r in rows:
         assert KEYS <= r.keys()
-        assert r["runtime"] == runtime and r["threads"] == want_threads
+        assert r["backend"] == backend and r["threads"] == want_threads
         assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert r["per_image_ms"] == pytest.approx(r["median_ms"] / r["batch_size"])
         assert isinstance(r["disagrees"], bool)
@@ -189,8 +189,8 @@ def test_latency_reference_is_added_and_inputs_checked():
     model = create_model("cifar_resnet20").model
     rows = measure_latency(model, [16], reference=32, warmup=0, repeats=1)
     assert [r["resolution"] for r in rows] == [16, 32]
-    with pytest.raises(ReswiseError, match="runtime"):
-        measure_latency(model, [16], runtime="tvm")
+    with pytest.raises(ReswiseError, match="unknown backend 'tvm'"):
+        measure_latency(model, [16], backend="tvm")
     with pytest.raises(ReswiseError, match="batch sizes"):
         measure_latency(model, [16], batch_sizes=[0])
     if not torch.cuda.is_available():
@@ -200,7 +200,7 @@ def test_latency_reference_is_added_and_inputs_checked():
 
 def test_table_names_where_latency_and_flops_disagree():
     row = dict.fromkeys(KEYS, 0)
-    row.update(runtime="torch", device="cpu", threads=1, disagrees=False)
+    row.update(backend="eager", device="cpu", threads=1, disagrees=False)
     rows = [
         {**row, "resolution": 32, "batch_size": 1, "median_ms": 4.0},
         {

@@ -76,7 +76,7 @@ def test_latency_api_and_cli_give_the_same_fields_and_settings(capsys):
                             "--threads", "1", "--json"])  # fmt: skip
     lm = reswise.create_model("cifar_resnet20")
     rows = reswise.measure_latency(lm, [32, 16], threads=1, repeats=2, warmup=1)
-    settings = ("resolution", "batch_size", "runtime", "device", "threads", "fast_path")
+    settings = ("resolution", "batch_size", "backend", "device", "threads", "fast_path")
     assert [set(r) for r in cli["rows"]] == [set(r) for r in rows]
     assert [[r[k] for k in settings] for r in cli["rows"]] == [
         [r[k] for k in settings] for r in rows

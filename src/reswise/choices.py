@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .crops import check_crop_split
 from .errors import ReswiseError
 from .policies import (
     calib_heldout_split,
@@ -28,7 +29,8 @@ from .report import dataset_label
 
 
 def _check_bn_split(run: SweepResult, calib_frac: float, seed: int) -> None:
-    """BN statistics taken from a split's calibration part are only fair on that split."""
+    """BN statistics (and crops) taken from a split's calibration part are only fair on that split."""
+    check_crop_split(run, calib_frac, seed)
     split = run.bn.calib_split if run.bn else None
     if split and (split["calib_frac"] != calib_frac or split["seed"] != seed):
         raise ReswiseError(

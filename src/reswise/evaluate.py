@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backends import Runner, check_backend, make_runner, pick_runner
 from .data import Dataset, ResizePolicy, normalizer, to_input
 from .errors import ReswiseError
 from .flops import flops_table
@@ -81,6 +82,7 @@ def sweep(
     bn_states: dict[int, dict[str, torch.Tensor]] | None = None,
     save_every_s: float = 30.0,
     keep_progress: bool = False,
+    backend: str = "eager",
 ) -> SweepResult:
     """Evaluate ``model`` on ``dataset`` at every resolution, decoding each image once.
 
@@ -90,16 +92,22 @@ def sweep(
     for the caller to delete once it has written the results). ``shard=(rank, world)`` evaluates
     every world-th chunk starting at rank (used by the distributed sweep). ``bn_states`` maps a
     resolution to BatchNorm buffers to load before evaluating at it (BN recalibration); a
-    LoadedModel's own per-resolution state is used when it is not given.
+    LoadedModel's own per-resolution state is used when it is not given. ``backend`` runs the
+    forward (:mod:`reswise.backends`; ``auto`` picks per resolution).
     """
     device = str(resolve_device(device))
+    backend = check_backend(backend, device)
     info, name, weights, net, policy, bn_states = _unpack(model, policy, bn_states)
     mean = mean or (info.mean if info else (0.485, 0.456, 0.406))
     std = std or (info.std if info else (0.229, 0.224, 0.225))
     resolutions, reference, bs = _plan(info, dataset, resolutions, reference, batch_size)
     check_memory(info, net, resolutions, bs)
     flops = flops_table(net, resolutions, reference)  # also proves every resolution runs
-    nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device)
+    t0 = time.perf_counter()  # backend set-up (export, compile, probe) counts against the run
+    n_batches = -(-len(dataset) // bs) // shard[1]
+    kw = {"backend": backend, "name": name, "batch": bs, "n_batches": n_batches}
+    nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device, **kw)
+    setup_s = time.perf_counter() - t0
     key = config_key(
         model=name,
         weights=weights,
@@ -108,18 +116,12 @@ def sweep(
         images=images_fingerprint(dataset),
         res=resolutions,
         bs=bs,
-        policy=repr(policy),
-        mean=mean,
-        std=std,
-        shard=shard,
-        fast=fast,
-        device=device,
+        settings=(repr(policy), mean, std, shard, fast, device, topk),
+        backends=[nets[r].backend for r in resolutions],
         threads=torch.get_num_threads(),
-        topk=topk,
     )
     saver = Progress(checkpoint_path, key)
     loop = _Loop(dataset, resolutions, bs, shard, topk, normalizer(mean, std), policy, device)
-    t0 = time.perf_counter()
     records, seconds = loop.run(nets, saver, save_every_s, progress, name, keep_progress)
     result = SweepResult(
         model=name,
@@ -132,14 +134,22 @@ def sweep(
         records=records,
         skipped=list(getattr(dataset, "skipped", [])),
         fast_path=fast_desc,
-        meta={"images_fingerprint": images_fingerprint(dataset)},
-        timings={
-            "total_s": time.perf_counter() - t0,
-            "eval_s": float(seconds.sum()),
-            "eval_s_by_res": [float(f) for f in seconds],
+        meta={
+            "images_fingerprint": images_fingerprint(dataset),
+            "backend_by_res": {str(r): nets[r].backend for r in resolutions},
         },
+        timings=_timings(t0, setup_s, seconds),
     )
     return result
+
+
+def _timings(t0: float, setup_s: float, seconds: np.ndarray) -> dict[str, Any]:
+    return {
+        "total_s": time.perf_counter() - t0,
+        "backend_setup_s": setup_s,
+        "eval_s": float(seconds.sum()),
+        "eval_s_by_res": [float(f) for f in seconds],
+    }
 
 
 def _plan(
@@ -201,11 +211,18 @@ def build_nets(
     bn_states: dict[int, dict[str, torch.Tensor]] | None,
     fast: bool,
     device: str,
-) -> tuple[dict[int, nn.Module], str]:
-    """The module to run at each resolution, BN folded once per distinct set of weights.
+    *,
+    backend: str = "eager",
+    name: str = "model",
+    batch: int = 128,
+    n_batches: int = 0,
+) -> tuple[dict[int, Runner], str]:
+    """The runner at each resolution, BN folded once per distinct set of weights.
 
     One folded copy serves every resolution that keeps the shared weights; only resolutions
-    with their own BN statistics / adapters get a copy of their own.
+    with their own BN statistics / adapters get a copy of their own. ``backend`` is one of
+    :data:`reswise.backends.BACKENDS`; ``auto`` probes per resolution (``n_batches`` says how
+    long the run is, so a short run is not slowed by probing).
     """
     desc = "eager"
 
@@ -215,16 +232,21 @@ def build_nets(
             base, desc = fold_for_inference(base, channels_last=(device == "cpu"))
         return base.eval().to(device)
 
-    shared: nn.Module | None = None
-    nets: dict[int, nn.Module] = {}
+    shared: tuple[nn.Module, nn.Module] | None = None
+    nets: dict[int, Runner] = {}
     for r in resolutions:
         if bn_states and r in bn_states:
             own = copy.deepcopy(net)
             own.load_state_dict(bn_states[r], strict=False)
-            nets[r] = prepare(own)
+            pair = (prepare(own), own)
         else:
-            shared = shared if shared is not None else prepare(net)
-            nets[r] = shared
+            shared = shared if shared is not None else (prepare(net), net)
+            pair = shared
+        kw = {"name": name, "resolution": r, "batch": batch, "device": device}
+        if backend == "auto":
+            nets[r] = pick_runner(*pair, n_batches=n_batches, **kw)
+        else:
+            nets[r] = make_runner(backend, *pair, **kw)
     return nets, desc
 
 
@@ -275,11 +297,12 @@ class _Loop:
             self.state["topk_prob"] = np.zeros(shape, np.float32)
 
     def _batch(
-        self, nets: dict[int, nn.Module], images: Any, pos: int, m: int, span: tuple[int, int]
+        self, nets: dict[int, Runner], images: Any, pos: int, m: int, span: tuple[int, int]
     ) -> None:
-        st, cl = self.state, self.device == "cpu"
+        st = self.state
         for ri, r in enumerate(self.resolutions):
             t = time.perf_counter()
+            cl = nets[r].channels_last
             x = to_input(self.policy(images, r), self.scale_shift, channels_last=cl)
             logits = nets[r](x.to(self.device)).float()
             if not self.checked:
@@ -301,7 +324,7 @@ class _Loop:
 
     def run(
         self,
-        nets: dict[int, nn.Module],
+        nets: dict[int, Runner],
         saver: Progress,
         save_every_s: float,
         progress: bool,

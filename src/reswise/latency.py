@@ -7,31 +7,29 @@ FLOPs fall with the square of the side; time often does not (per-call overhead, 
 layers, kernels tuned for other shapes). Each row says whether the two drops differ by more
 than ``DISAGREE_POINTS`` percentage points, and the summary line names those places.
 Only the forward pass is timed: preprocessing and host-to-device copies are not included.
+Every backend of :mod:`reswise.backends` can be timed; ``auto`` reports the fastest per cell.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .backends import MIN_BATCHES_TO_PROBE, check_backend, make_runner, pick_runner
 from .data import parse_resolutions
 from .errors import ReswiseError
-from .export import export_graph, prepare_model, require_onnxruntime
 from .flops import flops_table
 from .inference import check_resolutions, fold_for_inference, resolve_device, torch_threads
 from .models import LoadedModel
 
 DISAGREE_POINTS = 10.0  # latency drop vs FLOPs drop, in percentage points
-RUNTIMES = ("torch", "onnxruntime")
 
 
 def time_calls(
@@ -62,13 +60,7 @@ def time_calls(
     return np.asarray(times) * 1e3
 
 
-def _check_args(
-    device: str, runtime: str, batch_sizes: Sequence[int], threads: int | None, repeats: int
-) -> None:
-    if runtime not in RUNTIMES:
-        raise ReswiseError(f"unknown runtime '{runtime}'; valid: {', '.join(RUNTIMES)}")
-    if device.startswith("cuda") and runtime == "onnxruntime":
-        raise ReswiseError("the onnxruntime runtime is timed on CPU only; use device cpu")
+def _check_args(device: str, batch_sizes: Sequence[int], threads: int | None, repeats: int) -> None:
     if not batch_sizes or any(b <= 0 for b in batch_sizes):
         raise ReswiseError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if threads is not None and threads <= 0:
@@ -83,40 +75,35 @@ def _inputs(resolution: int, batch: int, device: str, channels_last: bool) -> to
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _time_torch(
-    net: nn.Module, grid: list[tuple[int, int]], device: str, fast: bool, timing: dict[str, Any]
-) -> tuple[dict[tuple[int, int], np.ndarray], str]:
-    channels_last = fast and device == "cpu"
+def _time_grid(
+    net: nn.Module,
+    name: str,
+    grid: list[tuple[int, int]],
+    device: str,
+    fast: bool,
+    backend: str,
+    timing: dict[str, Any],
+) -> tuple[dict[tuple[int, int], np.ndarray], dict[tuple[int, int], str], str]:
+    """Milliseconds per call for every (resolution, batch), and the backend that ran each."""
     if fast:
-        net, desc = fold_for_inference(net, channels_last=channels_last)
+        folded, desc = fold_for_inference(net, channels_last=device == "cpu")
     else:
-        net, desc = copy.deepcopy(net).eval(), "eager"
-    net.to(device)
+        folded, desc = copy.deepcopy(net).eval(), "eager"
+    folded.to(device)
+    base = copy.deepcopy(net).eval()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    out = {}
-    with torch.inference_mode():
-        for r, bs in grid:
-            x = _inputs(r, bs, device, channels_last)
-            out[(r, bs)] = time_calls(lambda x=x: net(x), sync=sync, **timing)
-    return out, desc
-
-
-def _time_onnxruntime(
-    net: nn.Module, grid: list[tuple[int, int]], threads: int, timing: dict[str, Any]
-) -> dict[tuple[int, int], np.ndarray]:
-    ort = require_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    net = prepare_model(net).cpu()
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in dict.fromkeys(r for r, _ in grid):  # one graph per resolution, batch is dynamic
-            path = export_graph(net, r, Path(tmp) / f"model_{r}.onnx")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            for bs in (b for rr, b in grid if rr == r):
-                feed = {"input": _inputs(r, bs, "cpu", False).numpy()}
-                out[(r, bs)] = time_calls(lambda s=sess, f=feed: s.run(None, f), **timing)
-    return out
+    out, used = {}, {}
+    for r, bs in grid:
+        kw = {"name": name, "resolution": r, "batch": bs, "device": device}
+        if backend == "auto":  # a latency table is of the fastest way to run the model
+            runner = pick_runner(folded, base, n_batches=MIN_BATCHES_TO_PROBE, **kw)
+        else:
+            runner = make_runner(backend, folded, base, **kw)
+        x = _inputs(r, bs, device, runner.channels_last)
+        with torch.inference_mode():
+            out[(r, bs)] = time_calls(lambda x=x, f=runner: f(x), sync=sync, **timing)
+        used[(r, bs)] = runner.backend
+    return out, used, desc
 
 
 def measure_latency(
@@ -125,26 +112,30 @@ def measure_latency(
     batch_sizes: Sequence[int] = (1,),
     threads: int | None = None,
     device: str = "cpu",
-    runtime: str = "torch",
+    backend: str = "auto",
     warmup: int = 5,
     repeats: int = 30,
     min_time_s: float = 0.0,
     reference: int | None = None,
     fast: bool = True,
+    runtime: str | None = None,
 ) -> list[dict[str, Any]]:
     """One flat row per (resolution, batch size): latency percentiles and drops vs ``reference``.
 
     ``reference`` (default: the largest resolution) is measured too if not listed. ``threads``
     sets torch's intra-op threads for the call (restored after) and ONNX Runtime's
-    ``intra_op_num_threads`` (default: torch's current count, so both runtimes get the same).
-    ``fast`` folds BN into convolutions and uses channels-last on CPU (torch runtime only;
-    ONNX Runtime does its own graph fusion). ``runtime="onnxruntime"`` exports the model at each
-    resolution and times an ``InferenceSession`` on CPU. Each cell gets ``warmup`` untimed calls,
-    then at least ``repeats`` timed calls and at least ``min_time_s`` seconds of them.
+    ``intra_op_num_threads``, so every backend gets the same. ``backend`` is one of
+    :data:`reswise.backends.BACKENDS` (``runtime`` is its old name: ``torch`` = ``eager``);
+    ``auto`` times the candidates per cell and reports the fastest, naming it in the row.
+    ``fast`` folds BN into convolutions and uses channels-last on CPU (ONNX Runtime does its
+    own graph fusion). Each cell gets ``warmup`` untimed calls, then at least ``repeats``
+    timed calls and at least ``min_time_s`` seconds of them.
     """
     device = str(resolve_device(device))  # auto | cpu | cuda[:N], one check for all commands
-    _check_args(device, runtime, batch_sizes, threads, repeats)
+    backend = check_backend(runtime or backend, device)
+    _check_args(device, batch_sizes, threads, repeats)
     net = model.model if isinstance(model, LoadedModel) else model
+    name = model.info.name if isinstance(model, LoadedModel) else net.__class__.__name__
     resolutions = parse_resolutions(list(resolutions))
     reference = reference if reference is not None else max(resolutions)
     res = list(dict.fromkeys([*resolutions, reference]))
@@ -153,10 +144,7 @@ def measure_latency(
     grid = [(r, bs) for r in res for bs in batch_sizes]
     timing = {"warmup": warmup, "repeats": repeats, "min_time_s": min_time_s}
     with torch_threads(threads) as n_threads:
-        if runtime == "torch":
-            times, desc = _time_torch(net, grid, device, fast, timing)
-        else:
-            times, desc = _time_onnxruntime(net, grid, n_threads, timing), "onnxruntime graph"
+        times, used, desc = _time_grid(net, name, grid, device, fast, backend, timing)
     median = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
     for r, bs in grid:
@@ -167,10 +155,10 @@ def measure_latency(
             {
                 "resolution": r,
                 "batch_size": bs,
-                "runtime": runtime,
+                "backend": used[(r, bs)],
                 "device": device,
                 "threads": n_threads,
-                "fast_path": desc,
+                "fast_path": desc if used[(r, bs)] != "onnxruntime" else "onnxruntime graph",
                 "runs": len(t),
                 "median_ms": median[(r, bs)],
                 "p10_ms": float(p10),
@@ -210,13 +198,13 @@ def latency_summary(rows: list[dict[str, Any]]) -> str:
 def format_latency_table(rows: list[dict[str, Any]], summary: bool = True) -> str:
     """Markdown table of latency rows, followed by :func:`latency_summary` unless ``summary=False``."""
     head = (
-        "| res | batch | runtime | threads | median ms | p10-p90 ms | ms/image "
+        "| res | batch | backend | threads | median ms | p10-p90 ms | ms/image "
         "| latency drop % | FLOPs drop % | disagree |"
     )
     lines = [head, "|" + "---:|" * 9 + ":---|"]
     for r in rows:
         lines.append(
-            f"| {r['resolution']} | {r['batch_size']} | {r['runtime']} ({r['device']}) "
+            f"| {r['resolution']} | {r['batch_size']} | {r['backend']} ({r['device']}) "
             f"| {r['threads']} | {r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} "
             f"| {r['per_image_ms']:.3f} | {r['latency_drop_pct']:.1f} | {r['flops_drop_pct']:.1f} "
             f"| {'yes' if r['disagrees'] else ''} |"

@@ -52,10 +52,12 @@ class SweepConfig:
     on_corrupt: str = "skip"
     interpolation: str | None = None  # None: the weights' own
     antialias: bool = True
-    crop_pct: float | None = None  # None: the weights' own
+    crop_pct: float | str | None = None  # None: the weights' own; "auto": reswise.crops
+    crop_grid: list[float] | str | None = None  # crops "auto" tries (None: crops.DEFAULT_GRID)
     batch_size: int | None = None
     device: str = "cpu"
     fast: bool = True  # BN folded into convolutions, channels-last
+    backend: str = "auto"  # eager | compile | onnxruntime | auto (reswise.backends)
     progress: bool = False
     out: str | None = None  # run directory; default runs/<model>_<data>
     recalibrate_bn: bool = False  # a second pass with BN statistics re-estimated per resolution
@@ -171,6 +173,10 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     is killed, interrupted or hits a full disk resumes where it stopped. Returns None on a
     non-zero torchrun rank (rank 0 gathers the records).
     """
+    if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (crops.py)
+        from .crops import run_auto_crop
+
+        return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
     out = cfg.out_dir()
     rank = distributed.world()[0]
@@ -188,6 +194,7 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
             batch_size=cfg.batch_size,
             fast=cfg.fast,
             device=cfg.device,
+            backend=cfg.backend,
             progress=cfg.progress,
             keep_progress=True,
             save_every_s=cfg.save_every_s,

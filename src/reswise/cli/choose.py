@@ -33,6 +33,15 @@ def _budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-frac", type=float, default=0.5, help="share of images used to choose")
 
 
+def _save(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--save",
+        metavar="POLICY.json",
+        help="write the choice as a policy file (model, weights hash, preprocessing, stages, "
+        "held-out figures) for AdaptiveClassifier and `reswise export --policy`",
+    )
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("random", help="random resolution per image (from a sweep's records)")
     _source(p)
@@ -48,6 +57,7 @@ def add_parser(sub: Any) -> None:
         choices=["bootstrap", "exact"],
         help="paired bootstrap (default) or exact McNemar/Clopper-Pearson bound",
     )
+    _save(p)
     p.set_defaults(func=run_select)
 
     p = sub.add_parser("cascade", help="confidence cascade of resolutions under a budget")
@@ -61,6 +71,7 @@ def add_parser(sub: Any) -> None:
         help="also show, in hindsight, what two-stage chains could save with each confidence "
         "signal and with a perfect one (why the cascade saves what it does)",
     )
+    _save(p)
     p.set_defaults(func=run_cascade)
 
     p = sub.add_parser("compare", help="fixed, random, selected, BN-recalibrated, cascade, oracle")
@@ -118,7 +129,10 @@ def run_select(args: argparse.Namespace) -> dict[str, Any]:
     run = records_source(args)
     if run is None:
         return {}
-    out = {**select(run, budget(args), test=args.test).to_dict(), **run_facts(run)}
+    found = select(run, budget(args), test=args.test)
+    out = {**found.to_dict(), **run_facts(run)}
+    if args.save:
+        out.update(_save_policy(run, found, args))
     if not args.json:
         r = out["resolution"]
         print(
@@ -141,6 +155,8 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     found = cascade(run, budget(args), signal=args.signal, max_len=args.max_len)
     out = {**found.to_dict(), **run_facts(run)}
+    if args.save:
+        out.update(_save_policy(run, found, args))
     if not args.json:
         shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(out["chain"], out["stage_share_pct"]))
         print(
@@ -156,6 +172,15 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
         if not args.json:
             print(headroom_table(out["headroom"], args.max_drop, run.n))
     return out
+
+
+def _save_policy(run: Any, found: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from ..adaptive import save_choice
+
+    saved = save_choice(run, found.to_dict(), budget(args), args.save)
+    if not args.json:
+        print(f"policy written to {saved['policy_file']} (BN per stage: {saved['bn']})")
+    return saved
 
 
 def headroom_table(rows: list[dict[str, Any]], max_drop: float, n: int) -> str:

@@ -27,17 +27,43 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--random-init", action="store_true", help="evaluate untrained weights")
 
 
-def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+def crop_pct_value(text: str) -> float | str:
+    """``--crop-pct``: a number, or ``auto`` (chosen per resolution, reswise.crops)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', got '{text}'") from None
+
+
+def add_preprocess_args(p: argparse.ArgumentParser, auto_crop: bool = False) -> None:
     g = p.add_argument_group("preprocessing (default: the weights' own)")
     g.add_argument(
         "--interpolation",
         help="bilinear (default, antialiased) | bicubic | nearest | nearest-exact | area",
     )
     g.add_argument("--no-antialias", action="store_true", help="plain bilinear/bicubic")
-    g.add_argument("--crop-pct", type=float, help="imagenet policy: short side = round(r/crop_pct)")
+    if not auto_crop:
+        g.add_argument(
+            "--crop-pct", type=float, help="imagenet policy: short side = round(r/crop_pct)"
+        )
+        return
+    g.add_argument(
+        "--crop-pct",
+        type=crop_pct_value,
+        help="imagenet policy: short side = round(r/crop_pct); 'auto': chosen per resolution "
+        "on the calibration part of the --calib-frac/--seed split (one sweep per crop)",
+    )
+    g.add_argument(
+        "--crop-grid",
+        help="crops --crop-pct auto tries (default 0.65,0.75,0.875,1.0 plus the model's own)",
+    )
 
 
-def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_data_args(
+    p: argparse.ArgumentParser, required: bool = True, auto_crop: bool = False
+) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=required, help="cifar10 | imagefolder | imagenet")
     g.add_argument("--data-root", help="dataset folder (cifar10: downloaded there when absent)")
@@ -55,7 +81,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         help="JSON {folder: model class name or index}, for folders whose names the model's "
         "classes do not carry",
     )
-    add_preprocess_args(p)
+    add_preprocess_args(p, auto_crop)
 
 
 def add_res_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -68,6 +94,7 @@ def add_res_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="default: 128 up to 64 px, else 32")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    add_backend(p)
     p.add_argument(
         "--no-fast",
         action="store_true",
@@ -83,6 +110,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help="seconds between progress saves (a killed run resumes from the last one)",
     )
     add_threads(p)
+
+
+def add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument(
+        "--backend",
+        default=default,
+        choices=["auto", "eager", "compile", "onnxruntime"],
+        help="how the forward runs (default auto: the fastest on a probe batch per resolution, "
+        "or the choice cached in ~/.cache/reswise)",
+    )
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
@@ -118,7 +155,7 @@ def add_json(p: argparse.ArgumentParser) -> None:
 def add_sweep_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """Every flag of a sweep: `sweep` needs them, the choosing commands take them instead of --from."""
     add_model_args(p, required)
-    add_data_args(p, required)
+    add_data_args(p, required, auto_crop=True)
     add_res_args(p, required)
     add_run_args(p)
     add_bn_args(p)

@@ -6,18 +6,26 @@ import argparse
 from typing import Any
 
 from ..errors import ReswiseError
-from .common import add_json, add_model_args, add_threads, model_from, pick
+from . import ship
+from .common import add_backend, add_json, add_model_args, add_threads, model_from, pick
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("latency", help="measured latency per resolution beside FLOPs drop")
-    add_model_args(p)
-    p.add_argument("--resolutions", required=True)
+    add_model_args(p, required=False)
+    p.add_argument("--resolutions")
+    ship.add_latency_flags(p)
     p.add_argument("--reference", type=int)
     p.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,32")
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda")
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
+    add_backend(p)
+    p.add_argument(
+        "--runtime",
+        dest="backend",
+        choices=["torch", "onnxruntime"],
+        help="old name of --backend (torch = eager)",
+    )
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--no-fast", action="store_true", help="no BN folding / channels-last")
@@ -25,8 +33,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run_latency)
 
     p = sub.add_parser("export", help="ONNX export at a chosen resolution, checked against PyTorch")
-    add_model_args(p)
-    p.add_argument("--resolution", type=int, required=True)
+    add_model_args(p, required=False)
+    p.add_argument("--resolution", type=int)
+    ship.add_export_flags(p)
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, help="the .onnx file")
     p.add_argument(
@@ -47,6 +56,9 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import parse_resolutions
     from ..latency import format_latency_table, measure_latency
 
+    if args.policy:
+        return ship.run_latency_policy(args)
+    ship.require(args, "model", "resolutions")
     try:
         batch_sizes = [int(b) for b in args.batch_size.split(",")]
     except ValueError:
@@ -55,21 +67,24 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         ) from None
     # timing does not depend on the weights' values
     lm = model_from(args, need_weights=False)
-    kw = pick(args, "threads", "device", "runtime", "warmup", "repeats", "reference")
+    kw = pick(args, "threads", "device", "backend", "warmup", "repeats", "reference")
     res = parse_resolutions(args.resolutions)
     rows = measure_latency(lm, res, batch_sizes, fast=not args.no_fast, **kw)
     if not args.json:
         print(
-            f"{lm.info.name} ({args.runtime}, {args.device}), median of {args.repeats} timed "
+            f"{lm.info.name} (backend {args.backend}, {args.device}), median of {args.repeats} timed "
             f"runs after {args.warmup} warm-up runs:"
         )
         print(format_latency_table(rows))
-    return {"model": lm.info.name, "runtime": args.runtime, "device": args.device, "rows": rows}
+    return {"model": lm.info.name, "backend": args.backend, "device": args.device, "rows": rows}
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import export_checked
 
+    if args.policy:
+        return ship.run_export_policy(args)
+    ship.require(args, "model", "resolution")
     lm = model_from(args)
     kw = pick(args, "bake_resize_from", "check_root", "check_size", "opset")
     out = export_checked(lm, args.resolution, args.out, **kw)

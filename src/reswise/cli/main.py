@@ -10,9 +10,9 @@ import warnings
 
 from ..errors import ReswiseError
 from ..records import jsonable
-from . import choose, deploy, model_tools, sweep
+from . import choose, deploy, doctor, frontier, model_tools, sweep
 
-MODULES = (model_tools, sweep, choose, deploy)
+MODULES = (model_tools, sweep, choose, deploy, frontier, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

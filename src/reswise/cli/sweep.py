@@ -16,6 +16,13 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="add measured batch-1 latency per resolution (median of 30 runs)",
     )
+    p.add_argument(
+        "--calib-frac",
+        type=float,
+        default=0.5,
+        help="share of the images in the calibration part of the --seed split (--calib-split, "
+        "--crop-pct auto); the rest is held out, as in the choosing commands",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,10 +42,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"images of {result.bn.calib_root}:"
             )
             print(seed_table(result.bn.rows))
+        if result.meta.get("crop_auto"):
+            from ..crops import crop_table
+
+            print(crop_table(result))
         t = result.timings
+        used = result.meta.get("backend_by_res", {})
+        backends = ", ".join(f"{r}: {b}" for r, b in used.items())
         print(
             f"{t['total_s']:.1f} s in all, {t['eval_s']:.1f} s in resize + normalise + forward "
-            f"({result.fast_path}); results in {result.directory}/"
+            f"({result.fast_path}; backend per resolution {backends or 'eager'}); results in "
+            f"{result.directory}/"
         )
     d = result.to_dict()
     d["out"] = result.directory

@@ -1,0 +1,98 @@
+"""`latency --policy` and `export --policy`: the shipped cascade, timed and exported."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ReswiseError
+
+
+def add_latency_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a chosen cascade (instead of --model/--resolutions)")
+    g.add_argument("--policy", metavar="POLICY.json", help="time this policy file's cascade")
+    g.add_argument("--data-root", help="the images the policy's sweep ran on (held-out part used)")
+    g.add_argument("--limit", type=int, help="time only the first N held-out images")
+
+
+def add_export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="POLICY.json",
+        help="export this policy file's cascade: one graph per stage into the folder --out",
+    )
+
+
+def require(args: argparse.Namespace, *names: str) -> None:
+    """Flags a command needs when it is not given --policy."""
+    for name in names:
+        if getattr(args, name, None) is None:
+            raise ReswiseError(f"give --{name.replace('_', '-')} (or --policy POLICY.json)")
+
+
+def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
+    from ..cascade_latency import POLICY_BACKENDS, format_policy_latency, measure_policy_latency
+
+    if not args.data_root:
+        raise ReswiseError("--policy needs --data-root DIR: the images its sweep ran on")
+    backend = {"auto": POLICY_BACKENDS, "torch": ("eager",)}.get(args.backend, (args.backend,))
+    if args.device != "cpu" and args.backend == "auto":
+        backend = ("eager",)
+    try:
+        batch_sizes = [int(b) for b in args.batch_size.split(",")]
+    except ValueError:
+        raise ReswiseError(
+            f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
+        ) from None
+    out = measure_policy_latency(
+        args.policy,
+        args.data_root,
+        batch_sizes=batch_sizes,
+        backends=backend,
+        device=args.device,
+        threads=args.threads,
+        limit=args.limit,
+        warmup=args.warmup,
+    )
+    if not args.json:
+        held = out["policy_heldout"]
+        print(
+            f"{out['model']} cascade {out['chain']} on {out['signal']} vs the fixed reference, "
+            f"{out['n_images']} held-out images, {out['device']}, {out['threads']} threads "
+            f"(policy file: held-out top-1 {held['top1']:.2f} %, FLOPs saved "
+            f"{held['flops_drop_pct']:.1f} %):"
+        )
+        print(format_policy_latency(out))
+    return out
+
+
+def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from ..data import load_dataset
+    from ..export_cascade import export_policy
+    from ..policy_file import load_policy
+
+    images = None
+    root = args.check_root or load_policy(args.policy)["images"]["dataset"]
+    if root and Path(root).is_dir():
+        import torch
+
+        data = load_dataset("imagefolder", root, limit=args.check_size, seed=0)
+        images = data.get(torch.arange(len(data)))
+        if isinstance(images, list):
+            images = None  # variable sizes: the graphs take one native size
+    out = export_policy(args.policy, args.out, check_images=images, opset=args.opset)
+    if not args.json:
+        print(
+            f"wrote {', '.join(f['file'] for f in out['files'].values())} and policy.json to {out['out']}"
+        )
+        if images is not None:
+            print(
+                f"checked on {out['n_check_images']} images of {root}: resize identical to the "
+                f"sweep's: {out['resize_exact']} (pixels differing per stage "
+                f"{out['resize_mismatch_pixels']}); ONNX Runtime vs torch module: predictions "
+                f"{out['prediction_agreement']:.4f}, resolutions {out['resolution_agreement']:.4f},"
+                f" max |logit diff| {out['max_abs_logit_diff']:.2e}"
+            )
+    return out
