@@ -139,3 +139,19 @@ def test_policy_latency_runs_both_backends_on_heldout_images():
     assert "time saved %" in format_policy_latency(out)
     with pytest.raises(ReswiseError, match="fingerprint"):
         measure_policy_latency(str(path), str(CIFAR_JPEG / "train"), batch_sizes=[8], limit=8)
+
+
+@needs_shared
+def test_cli_policy_flags(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from reswise.cli.main import main
+
+    _, path, _, _ = shipped()
+    assert main(["latency", "--policy", str(path)]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert main(["export", "--resolution", "24", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--model" in capsys.readouterr().err
+    out = tmp_path / "shipped"
+    args = ["export", "--policy", str(path), "--out", str(out), "--check-size", "64"]
+    assert main(args) == 0
+    assert "resize identical to the sweep's: True" in capsys.readouterr().out
+    assert json.loads((out / "policy.json").read_text())["graphs"]["check"]["resize_exact"]

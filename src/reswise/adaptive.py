@@ -239,6 +239,8 @@ class AdaptiveClassifier(nn.Module):
     def stage(self, i: int, images: torch.Tensor) -> torch.Tensor:
         """Logits of stage ``i`` for native-size images: resize, normalise, run."""
         r = self.chain[i]
+        # the records were resized by torch's CPU uint8 kernel; the GPU gets resized batches
+        images = images.cpu()
         if images.dtype == torch.uint8:
             x = to_input(self.resize(images, r), self.scale_shift, self.channels_last)
         else:  # floats in [0, 1]: resized as floats, so not rounded to uint8 as the records were
@@ -253,22 +255,21 @@ class AdaptiveClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> AdaptiveOutput:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ReswiseError(f"images must be B x 3 x H x W, got shape {tuple(images.shape)}")
+        images = images.cpu()  # resized on the CPU, as the records were (see stage)
         n = len(images)
-        idx = torch.arange(n, device=images.device)
+        idx = torch.arange(n)
         logits: torch.Tensor | None = None
         res = torch.zeros(n, dtype=torch.int64)
         for i, r in enumerate(self.chain):
             out = self.stage(i, images if i == 0 else images[idx])
             if logits is None:
                 logits = out.new_empty((n, out.shape[1]))
-            last = i == len(self.chain) - 1
-            stop = None if last else (self.scores(out) >= self.thresholds[i])
-            done = idx if last else idx[stop.to(idx.device)]
-            logits[done.to(logits.device)] = out if last else out[stop]
-            res[done.cpu()] = r
-            if last:
+            if i == len(self.chain) - 1:  # the last stage answers every image still open
+                logits[idx.to(out.device)], res[idx] = out, r
                 break
-            idx = idx[~stop.to(idx.device)]
+            stop = (self.scores(out) >= self.thresholds[i]).cpu()
+            logits[idx[stop].to(out.device)], res[idx[stop]] = out[stop.to(out.device)], r
+            idx = idx[~stop]
             if len(idx) == 0:
                 break
         assert logits is not None

@@ -12,7 +12,6 @@ CI. BN statistics recalibrated by the sweep (``--recalibrate-bn``) ride beside i
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,15 @@ import numpy as np
 
 from .errors import ReswiseError
 from .policies import calib_heldout_split, run_cascade
-from .records import SIGNALS, Records, SweepResult, jsonable, save_npz, write_atomic
+from .records import (
+    SIGNALS,
+    Records,
+    SweepResult,
+    jsonable,
+    save_npz,
+    sha256_file,
+    write_atomic,
+)
 
 FORMAT = "reswise-policy/1"
 BN_SOURCES = ("shared", "weights", "recalibrated")  # model's own BN, weights' per-r BN, the sweep's
@@ -177,14 +184,6 @@ def load_bn_states(policy: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
             r, _, name = key.partition("/")
             states.setdefault(int(r), {})[name] = d[key]
     return states
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def heldout_positions(policy: dict[str, Any]) -> np.ndarray:

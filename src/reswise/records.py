@@ -6,6 +6,7 @@ works from these, so it never needs torch or a model pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -290,6 +291,14 @@ class SweepResult:
             bn=bn,
             meta=extra,
         )
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -122,6 +122,14 @@ def add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
     )
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``--batch-size 1,64`` of the timing commands."""
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise ReswiseError(f"--batch-size must be comma-separated integers, got '{text}'") from None
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",

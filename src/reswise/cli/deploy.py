@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import ReswiseError
 from . import ship
-from .common import add_backend, add_json, add_model_args, add_threads, model_from, pick
+from .common import (
+    add_backend,
+    add_json,
+    add_model_args,
+    add_threads,
+    batch_sizes,
+    model_from,
+    pick,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -59,17 +66,12 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy:
         return ship.run_latency_policy(args)
     ship.require(args, "model", "resolutions")
-    try:
-        batch_sizes = [int(b) for b in args.batch_size.split(",")]
-    except ValueError:
-        raise ReswiseError(
-            f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
-        ) from None
+    sizes = batch_sizes(args.batch_size)
     # timing does not depend on the weights' values
     lm = model_from(args, need_weights=False)
     kw = pick(args, "threads", "device", "backend", "warmup", "repeats", "reference")
     res = parse_resolutions(args.resolutions)
-    rows = measure_latency(lm, res, batch_sizes, fast=not args.no_fast, **kw)
+    rows = measure_latency(lm, res, sizes, fast=not args.no_fast, **kw)
     if not args.json:
         print(
             f"{lm.info.name} (backend {args.backend}, {args.device}), median of {args.repeats} timed "

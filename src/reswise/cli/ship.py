@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ReswiseError
+from .common import batch_sizes
 
 
 def add_latency_flags(p: argparse.ArgumentParser) -> None:
@@ -38,16 +39,11 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
     backend = {"auto": POLICY_BACKENDS, "torch": ("eager",)}.get(args.backend, (args.backend,))
     if args.device != "cpu" and args.backend == "auto":
         backend = ("eager",)
-    try:
-        batch_sizes = [int(b) for b in args.batch_size.split(",")]
-    except ValueError:
-        raise ReswiseError(
-            f"--batch-size must be comma-separated integers, got '{args.batch_size}'"
-        ) from None
+    sizes = batch_sizes(args.batch_size)
     out = measure_policy_latency(
         args.policy,
         args.data_root,
-        batch_sizes=batch_sizes,
+        batch_sizes=sizes,
         backends=backend,
         device=args.device,
         threads=args.threads,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from torch import nn
 from ..checkpoint import ExtraState, check_fits, split_checkpoint
 from ..data.policy import ResizePolicy
 from ..errors import ReswiseError
+from ..records import sha256_file
 from .finite import check_loaded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -178,14 +178,6 @@ def weights_roots() -> list[Path]:
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise" / "weights",
     ]
     return roots
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_weights(w: Weights) -> Path:
