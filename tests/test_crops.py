@@ -15,7 +15,7 @@ from reswise.crops import assemble, choose_crops, crop_grid
 from reswise.policies import calib_heldout_split
 from reswise.records import Records, SweepResult, summarize
 
-from .conftest import make_imagefolder
+from .conftest import IMAGENET_SAMPLE, make_imagefolder
 
 RES = [224, 112]
 N = 600
@@ -172,3 +172,31 @@ def test_auto_crop_sweep_end_to_end_and_its_split_is_enforced(tmp_path, capsys):
     assert main(["select", "--from", str(out), "--seed", "3"]) == 2
     assert "--seed 0" in capsys.readouterr().err
     assert main(["select", "--from", str(out)]) == 0
+
+
+def test_a_stage_resizes_with_the_crop_chosen_at_its_resolution():
+    from reswise.adaptive import resize_policy
+
+    pre = {"kind": "crop", "crop_pct": 0.875, "interpolation": "bilinear", "antialias": True,
+           "crop_pct_by_res": {"112": 0.65, "224": 0.875}}  # fmt: skip
+    assert resize_policy(pre, 112).crop_pct == 0.65
+    assert resize_policy(pre, 224).crop_pct == 0.875
+    assert resize_policy({**pre, "crop_pct_by_res": None}, 112).crop_pct == 0.875
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason="ImageNet sample not present")
+def test_the_chosen_crops_travel_into_a_saved_policy(tmp_path, capsys):
+    import shutil
+
+    for wnid in sorted(p.name for p in IMAGENET_SAMPLE.iterdir())[:8]:
+        shutil.copytree(IMAGENET_SAMPLE / wnid, tmp_path / "d" / wnid)
+    out, pol = tmp_path / "run", tmp_path / "policy.json"
+    argv = ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "imagefolder",
+            "--data-root", str(tmp_path / "d"), "--resolutions", "224,112", "--crop-pct", "auto",
+            "--crop-grid", "0.65,1.0", "--out", str(out), "--no-progress", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    chosen = json.loads(capsys.readouterr().out)["crop_pct_by_res"]
+    assert main(["select", "--from", str(out), "--max-drop", "50", "--save", str(pol)]) == 0
+    pre = json.loads(pol.read_text())["preprocessing"]
+    assert pre["crop_pct_by_res"] == chosen

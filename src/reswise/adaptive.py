@@ -87,8 +87,10 @@ def load_model_for(policy: dict[str, Any], lm: LoadedModel | None = None) -> Loa
     return lm
 
 
-def resize_policy(pre: dict[str, Any]) -> ResizePolicy:
-    return ResizePolicy(pre["kind"], pre["crop_pct"], pre["interpolation"], pre["antialias"])
+def resize_policy(pre: dict[str, Any], r: int | None = None) -> ResizePolicy:
+    """The resize of stage ``r``: the crop ``--crop-pct auto`` chose there, else the policy's."""
+    crop = (pre.get("crop_pct_by_res") or {}).get(str(r), pre["crop_pct"])
+    return ResizePolicy(pre["kind"], crop, pre["interpolation"], pre["antialias"])
 
 
 def _run_resize(run: SweepResult, lm: LoadedModel) -> ResizePolicy:
@@ -99,8 +101,12 @@ def _run_resize(run: SweepResult, lm: LoadedModel) -> ResizePolicy:
         for aa in (True, False)
         for crop in dict.fromkeys([own.crop_pct, *_crops_named(run.policy)])
     ]
+    auto = "round(r / crop_pct(r))"  # a --crop-pct auto run names its base crop so (crops.py)
     for p in found:
-        if p.describe() == run.policy:
+        if run.policy.partition(";")[0] in (
+            p.describe(),
+            p.describe().replace(f"round(r / {p.crop_pct})", auto),
+        ):
             return p
     raise ReswiseError(
         f"cannot tell which resize run {run.directory} used ('{run.policy}'); rerun its sweep "
@@ -145,6 +151,7 @@ def save_choice(
         "std": list(lm.info.std),
         "input_size": lm.info.input_size,
         "fast_path": run.fast_path,
+        "crop_pct_by_res": run.meta.get("crop_pct_by_res"),  # --crop-pct auto's choice
     }
     weights = {"name": run.weights, "source": source, "sha256": state_sha256(lm)}
     policy = build_policy(
@@ -230,7 +237,7 @@ class AdaptiveClassifier(nn.Module):
         self.thresholds = [float(t) for t in policy["thresholds"]]
         self.signal = policy["signal"] or "max_softmax"
         pre = policy["preprocessing"]
-        self.resize = resize_policy(pre)
+        self.resize = resize_policy(pre)  # the policy's own; a stage's crop may differ (stage)
         self.scale_shift = normalizer(tuple(pre["mean"]), tuple(pre["std"]))
         self.channels_last = fast and device == "cpu"
         self.stages = nn.ModuleList(stage_nets(lm, self.chain, stage_bn(policy, lm), fast, device))
@@ -239,12 +246,13 @@ class AdaptiveClassifier(nn.Module):
     def stage(self, i: int, images: torch.Tensor) -> torch.Tensor:
         """Logits of stage ``i`` for native-size images: resize, normalise, run."""
         r = self.chain[i]
+        resize = resize_policy(self.policy["preprocessing"], r)
         # the records were resized by torch's CPU uint8 kernel; the GPU gets resized batches
         images = images.cpu()
         if images.dtype == torch.uint8:
-            x = to_input(self.resize(images, r), self.scale_shift, self.channels_last)
+            x = to_input(resize(images, r), self.scale_shift, self.channels_last)
         else:  # floats in [0, 1]: resized as floats, so not rounded to uint8 as the records were
-            x = to_input(self.resize(images * 255.0, r), self.scale_shift, self.channels_last)
+            x = to_input(resize(images * 255.0, r), self.scale_shift, self.channels_last)
         return self.stages[i](x.to(self.device)).float()
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,6 @@ def build_graphs(policy: dict[str, Any], lm: LoadedModel) -> dict[str, StageGrap
     """One StageGraph per stage (``stage_<r>``) and one for the fixed reference (``reference``)."""
     pre = policy["preprocessing"]
     size = pre["input_size"]
-    resize = resize_policy(pre)
     bn = stage_bn(policy, lm)
     ref = int(policy["reference"])
     stages = [(f"stage_{r}", r, bn.get(r)) for r in policy["chain"]]
@@ -148,7 +147,7 @@ def build_graphs(policy: dict[str, Any], lm: LoadedModel) -> dict[str, StageGrap
     graphs = {}
     for name, r, state in stages:
         net = prepare_model(lm.model, state).cpu()
-        plan = resize_plan(resize, size, size, r)
+        plan = resize_plan(resize_policy(pre, r), size, size, r)
         graphs[name] = StageGraph(net, plan, pre["mean"], pre["std"]).eval()
     return graphs
 
@@ -211,9 +210,10 @@ def check_export(
 
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ReswiseError("check images must be a uint8 tensor N x 3 x H x W")
-    resize = resize_policy(policy["preprocessing"])
+    pre = policy["preprocessing"]
     mismatch = {
-        str(r): resize_mismatch(graphs[f"stage_{r}"], resize, images, r) for r in policy["chain"]
+        str(r): resize_mismatch(graphs[f"stage_{r}"], resize_policy(pre, r), images, r)
+        for r in policy["chain"]
     }
     module = AdaptiveClassifier(policy, lm)
     want = module(images)
