@@ -202,7 +202,10 @@ def test_failed_progress_saves_warn_and_the_run_still_finishes(tmp_path, tiny_fo
 def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, ckpt, how):
     argv = [sys.executable, "-m", "reswise"]
     argv += _sweep_argv(ckpt, CIFAR_JPEG / "test", tmp_path / "unused")[:-4]  # no --out, --json
-    argv += ["--limit", "1500", "--batch-size", "50", "--threads", "1", "--no-progress"]
+    # eager and 2 000 images: long enough that the signal lands mid-run even on a loaded machine
+    # (with --backend auto a run once finished before a starved parent sent it)
+    argv += ["--limit", "2000", "--batch-size", "50", "--threads", "1", "--no-progress"]
+    argv += ["--backend", "eager"]
     clean = subprocess.run([*argv, "--out", str(tmp_path / "clean")], capture_output=True)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "stopped"
