@@ -202,15 +202,15 @@ def test_failed_progress_saves_warn_and_the_run_still_finishes(tmp_path, tiny_fo
 def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, ckpt, how):
     argv = [sys.executable, "-m", "reswise"]
     argv += _sweep_argv(ckpt, CIFAR_JPEG / "test", tmp_path / "unused")[:-4]  # no --out, --json
-    # eager and 2 000 images: long enough that the signal lands mid-run even on a loaded machine
-    # (with --backend auto a run once finished before a starved parent sent it)
-    argv += ["--limit", "2000", "--batch-size", "50", "--threads", "1", "--no-progress"]
-    argv += ["--backend", "eager"]
+    argv += ["--limit", "1500", "--batch-size", "50", "--threads", "1", "--no-progress"]
     clean = subprocess.run([*argv, "--out", str(tmp_path / "clean")], capture_output=True)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "stopped"
     run = [*argv, "--out", str(out), "--save-every-s", "0"]
-    p = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a test run started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and so would the sweep: give it the default disposition, as a terminal would
+    p = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not (out / "progress.npz").is_file() and time.time() < deadline:
         time.sleep(0.05)
