@@ -237,7 +237,6 @@ class AdaptiveClassifier(nn.Module):
         self.thresholds = [float(t) for t in policy["thresholds"]]
         self.signal = policy["signal"] or "max_softmax"
         pre = policy["preprocessing"]
-        self.resize = resize_policy(pre)  # the policy's own; a stage's crop may differ (stage)
         self.scale_shift = normalizer(tuple(pre["mean"]), tuple(pre["std"]))
         self.channels_last = fast and device == "cpu"
         self.stages = nn.ModuleList(stage_nets(lm, self.chain, stage_bn(policy, lm), fast, device))

@@ -37,11 +37,10 @@ PROBE_CALLS = 2  # timed calls per candidate after one warm-up call
 
 
 def cache_root() -> Path:
-    """``$RESWISE_CACHE`` or ``$XDG_CACHE_HOME/reswise`` (default ``~/.cache/reswise``)."""
-    env = os.environ.get("RESWISE_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reswise"
+    """reswise's cache (``$RESWISE_CACHE``, default ``~/.cache/reswise``), shared with decoding."""
+    from .data.datasets import cache_dir
+
+    return cache_dir()
 
 
 def check_backend(name: str, device: str) -> str:
@@ -66,7 +65,6 @@ class Runner:
     channels_last: bool  # the input layout the backend wants (eager/compile on CPU)
     batch: int | None = None  # compiled for exactly this batch: smaller batches are padded
     setup_s: float = 0.0  # export / compile time paid for this runner
-    ms_per_batch: float | None = None  # from the auto probe, when there was one
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -272,9 +270,7 @@ def pick_runner(
         key = None
     known = _load_decisions().get(key, {}) if key else {}
     if known.get("backend"):
-        runner = make_runner(known["backend"], folded, base, threads=threads, **kw)
-        runner.ms_per_batch = known.get("ms", {}).get(known["backend"])
-        return runner
+        return make_runner(known["backend"], folded, base, threads=threads, **kw)
     if n_batches < MIN_BATCHES_TO_PROBE:
         return _eager(folded, device)
     candidates = []  # the usually fastest first, so slow ones are dropped after one call
@@ -294,5 +290,4 @@ def pick_runner(
         ms[b] = _time_ms(runners[b], x, min(ms.values(), default=float("inf")))
     best = min(ms, key=ms.__getitem__)
     _remember(name, resolution, batch, device, threads, {"backend": best, "ms": ms})
-    runners[best].ms_per_batch = ms[best]
     return runners[best]
