@@ -14,7 +14,7 @@ runs naive, cold, warm; the ratios are medians over ``--repeats`` rounds. Every 
 separate process, so nothing compiled in one is reused in-memory by the next.
 
 Also prints the forward's achieved GFLOP/s (FLOPs of every resolution x images / seconds in
-resize + forward) and its share of this machine's measured peak (reswise.doctor). No
+resize + forward) and its share of this machine's measured peak (reswise.measure.doctor). No
 assertion: speed is not a test.
 """
 
@@ -113,7 +113,7 @@ def main(defaults: dict | None = None) -> None:
     if args.naive_only:
         print(json.dumps(naive(args)))
         return
-    from reswise.doctor import cpu_name, machine_peak
+    from reswise.measure.doctor import cpu_name, machine_peak
 
     peak = machine_peak(device=args.device)
     where = cpu_name() if args.device == "cpu" else __import__("torch").cuda.get_device_name()

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from reswise import create_model, load_dataset, sweep
-from reswise.adapt import adapt, adapter_keys, adapter_size
-from reswise.bn_recal import save_bn_checkpoint
 from reswise.data import ResizePolicy, normalizer, to_input
 from reswise.errors import ReswiseError
-from reswise.multires import PrivateBN
-from reswise.train import TrainConfig, train
+from reswise.finetune.adapt import adapt, adapter_keys, adapter_size
+from reswise.finetune.multires import PrivateBN
+from reswise.finetune.train import TrainConfig, train
+from reswise.measure.bn_recal import save_bn_checkpoint
 
 from .conftest import make_imagefolder
 
@@ -66,7 +66,7 @@ def test_adapter_resize_equals_the_eval_policy_only_for_whole_image_models():
 
 
 def test_distilled_adapter_learns_from_the_frozen_model_and_leaves_it_alone(tmp_path):
-    from reswise.adapt import adapt_one
+    from reswise.finetune.adapt import adapt_one
 
     data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=12))
     torch.manual_seed(0)
@@ -175,7 +175,7 @@ def test_a_state_saved_before_a_config_field_existed_still_resumes(tmp_path):
 
 def test_loss_weights_sum_to_one_and_reject_bad_shares():
     from reswise.errors import ReswiseError
-    from reswise.train import loss_weights
+    from reswise.finetune.train import loss_weights
 
     assert loss_weights(1, 0.5) == [1.0]
     assert loss_weights(4) == [0.25] * 4

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from reswise.errors import ReswiseError
-from reswise.policy_file import (
+from reswise.records import Records, SweepResult
+from reswise.ship.policy_file import (
     build_policy,
     heldout_positions,
     load_bn_states,
@@ -21,7 +22,6 @@ from reswise.policy_file import (
     save_policy,
     simulate,
 )
-from reswise.records import Records, SweepResult
 
 from .conftest import CIFAR_JPEG, needs_shared
 
@@ -34,10 +34,10 @@ def shipped() -> tuple[object, Path, torch.Tensor, object]:
     """A real sweep (1 000 test images, 32/24/20), a cascade policy from it that escalates
     about a third of the images at each step, the images themselves and the model."""
     import reswise
-    from reswise.adaptive import save_choice
-    from reswise.choices import Budget
+    from reswise.choose.choices import Budget
+    from reswise.choose.policies import calib_heldout_split, evaluate_cascade
     from reswise.data import load_dataset
-    from reswise.policies import calib_heldout_split, evaluate_cascade
+    from reswise.ship.adaptive import save_choice
 
     tmp = Path(tempfile.mkdtemp(prefix="reswise_ship_"))
     cfg = reswise.SweepConfig(model=MODEL, pretrained=TAG, dataset="imagefolder",
@@ -113,7 +113,7 @@ def test_policy_needs_the_recalibrated_statistics_it_names(tmp_path: Path):
 
 @needs_shared
 def test_module_agrees_with_records_simulation_on_real_images():
-    from reswise.adaptive import AdaptiveClassifier
+    from reswise.ship.adaptive import AdaptiveClassifier
 
     run, path, images, lm = shipped()
     policy = load_policy(path)
@@ -138,7 +138,7 @@ def test_module_agrees_with_records_simulation_on_real_images():
 @needs_shared
 def test_module_refuses_other_weights():
     import reswise
-    from reswise.adaptive import AdaptiveClassifier
+    from reswise.ship.adaptive import AdaptiveClassifier
 
     _, path, _, lm = shipped()
     other = reswise.create_model(MODEL)  # the single-resolution weights
@@ -155,9 +155,9 @@ def test_module_refuses_other_weights():
 
 @needs_shared
 def test_torch_and_numpy_signals_agree_on_real_logits():
-    from reswise.adaptive import AdaptiveClassifier, softmax_stats
     from reswise.records import SIGNALS, confidence
-    from reswise.runtime import softmax_stats as np_stats
+    from reswise.ship.adaptive import AdaptiveClassifier, softmax_stats
+    from reswise.ship.runtime import softmax_stats as np_stats
 
     _, path, images, lm = shipped()
     net = AdaptiveClassifier(path, lm)

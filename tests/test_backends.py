@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from reswise import backends, create_model, load_dataset, sweep
+from reswise import create_model, load_dataset, sweep
 from reswise.cli import main
 from reswise.errors import ReswiseError
-from reswise.evaluate import build_nets
+from reswise.measure import backends
+from reswise.measure.evaluate import build_nets
 
 from .conftest import CIFAR_JPEG, IMAGENET_SAMPLE, make_imagefolder, needs_shared
 
@@ -134,14 +135,14 @@ def test_backend_errors_are_one_line(capsys, tmp_path):
 
 
 def test_doctor_measures_a_positive_peak(capsys):
-    from reswise.doctor import machine_peak
+    from reswise.measure.doctor import machine_peak
 
     peak = machine_peak(threads=1, size=256, calls=2)
     assert peak["matmul_gflops"] > 0 and peak["conv_gflops"] > 0 and peak["threads"] == 1
 
 
 def test_progress_of_one_backend_is_not_resumed_by_another(tmp_path, monkeypatch):
-    from reswise import progress
+    from reswise.measure import progress
 
     lm = create_model("cifar_resnet20")
     data = load_dataset("imagefolder", str(make_imagefolder(tmp_path / "d", n_per_class=4)))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reswise import Records, stats
-from reswise.policies import calib_heldout_split, search_cascade, select_resolution
-from reswise.policies import cascade as cascade_mod
-from reswise.records import SIGNALS
-from reswise.stats import _cp_upper_bisect, mcnemar_upper, paired_bootstrap_upper
+from reswise import Records
+from reswise.choose.policies import calib_heldout_split, search_cascade, select_resolution
+from reswise.choose.policies import cascade as cascade_mod
+from reswise.records import SIGNALS, stats
+from reswise.records.stats import _cp_upper_bisect, mcnemar_upper, paired_bootstrap_upper
 
 FLOPS = {16: 250, 24: 560, 32: 1000}
 C = 10  # classes

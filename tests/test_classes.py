@@ -57,7 +57,7 @@ def test_loaded_weights_say_whether_they_carry_names(tmp_path):
 
 
 def test_checkpoints_can_carry_class_names(tmp_path):
-    from reswise.checkpoint import save_checkpoint, split_checkpoint
+    from reswise.models.checkpoint import save_checkpoint, split_checkpoint
 
     lm = create_model("cifar_resnet20", pretrained=True)
     save_checkpoint(lm, {}, tmp_path / "named.pt")  # a LoadedModel brings its names along

@@ -372,8 +372,8 @@ def test_calib_split_bn_statistics_never_see_held_out_images(capsys, tmp_path, c
     import numpy as np
     from PIL import Image
 
+    from reswise.choose.policies import calib_heldout_split
     from reswise.data.datasets import scan_imagefolder
-    from reswise.policies import calib_heldout_split
     from reswise.records import Records
 
     root = make_imagefolder(tmp_path / "d", n_per_class=10)

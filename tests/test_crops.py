@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from reswise import ReswiseError
-from reswise.choices import Budget, select
+from reswise.choose.choices import Budget, select
+from reswise.choose.crops import assemble, choose_crops, crop_grid
+from reswise.choose.policies import calib_heldout_split
 from reswise.cli import main
-from reswise.crops import assemble, choose_crops, crop_grid
-from reswise.policies import calib_heldout_split
 from reswise.records import Records, SweepResult, summarize
 
 from .conftest import IMAGENET_SAMPLE, make_imagefolder
@@ -175,7 +175,7 @@ def test_auto_crop_sweep_end_to_end_and_its_split_is_enforced(tmp_path, capsys):
 
 
 def test_a_stage_resizes_with_the_crop_chosen_at_its_resolution():
-    from reswise.adaptive import resize_policy
+    from reswise.ship.adaptive import resize_policy
 
     pre = {"kind": "crop", "crop_pct": 0.875, "interpolation": "bilinear", "antialias": True,
            "crop_pct_by_res": {"112": 0.65, "224": 0.875}}  # fmt: skip

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from reswise.distributed import merge_records
+from reswise.measure.distributed import merge_records
 from reswise.models.cifar_resnet import CifarResNet
 from reswise.records import Records
 
@@ -107,7 +107,7 @@ def test_device_auto_under_torchrun_picks_nccl_and_each_rank_its_own_gpu(monkeyp
     """'auto' used to pick gloo (the literal string is not 'cuda...') and then cuda:0 everywhere."""
     import pytest
 
-    from reswise import distributed
+    from reswise.measure import distributed
 
     seen = {}
     monkeypatch.setenv("RANK", "1")

@@ -18,7 +18,7 @@ import torch
 import reswise
 from reswise.cli import main
 from reswise.data import load_dataset
-from reswise.evaluate import sweep
+from reswise.measure.evaluate import sweep
 from reswise.models.cifar_resnet import CifarResNet
 
 from .conftest import CIFAR_JPEG, make_imagefolder, needs_shared
@@ -124,7 +124,7 @@ def test_two_writers_on_one_out_the_second_is_refused(capsys, tmp_path, ckpt, ti
         [
             sys.executable,
             "-c",
-            "import sys, time; from reswise.rundir import owned\n"
+            "import sys, time; from reswise.records.rundir import owned\n"
             f"with owned({str(out)!r}):\n print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -181,7 +181,7 @@ def test_full_disk_keeps_the_work_and_the_rerun_writes_identical_records(
 
 
 def test_failed_progress_saves_warn_and_the_run_still_finishes(tmp_path, tiny_folder, monkeypatch):
-    from reswise import progress
+    from reswise.measure import progress
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

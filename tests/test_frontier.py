@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from reswise import ReswiseError
+from reswise.choose.frontier import pareto_front
+from reswise.choose.policies import calib_heldout_split
 from reswise.cli import main
-from reswise.frontier import pareto_front
-from reswise.policies import calib_heldout_split
 from reswise.records import Records, SweepResult, summarize
 
 N = 400

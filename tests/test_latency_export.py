@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reswise import export as export_mod
 from reswise.data import load_dataset, normalizer, to_input
 from reswise.errors import ReswiseError
-from reswise.export import export_onnx
-from reswise.latency import format_latency_table, latency_summary, measure_latency
+from reswise.measure import onnx as export_mod
+from reswise.measure.latency import format_latency_table, latency_summary, measure_latency
+from reswise.measure.onnx import export_onnx
 from reswise.models import create_model
 from reswise.models._registry import sha256_file
 
@@ -92,7 +92,7 @@ def test_bn_state_reaches_the_exported_graph(r56, images, tmp_path):
 
 
 def test_export_uses_the_checkpoints_own_bn_for_the_resolution(tmp_path):
-    from reswise.bn_recal import recalibrate_all, save_bn_checkpoint
+    from reswise.measure.bn_recal import recalibrate_all, save_bn_checkpoint
 
     torch.manual_seed(0)
     lm = create_model("cifar_resnet20")  # random init: recalibrated BN moves its logits a lot

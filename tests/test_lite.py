@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from reswise import create_model, model_info
-from reswise.flops import flops_table
+from reswise.measure.flops import flops_table
 
 from .conftest import IMAGENET_SAMPLE
 

@@ -139,7 +139,7 @@ def test_every_shipped_weight_file_is_packaged_hashed_and_has_a_model_card():
     import reswise
     from reswise.models import list_models, model_info
 
-    root = Path(reswise.__file__).parent / "weights"
+    root = Path(reswise.__file__).parent / "models" / "weights"
     shipped = [
         (name, w)
         for name in list_models()
@@ -219,7 +219,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, key, index, 
 
 
 def test_non_finite_per_resolution_state_is_refused(tmp_path):
-    from reswise.checkpoint import save_checkpoint
+    from reswise.models.checkpoint import save_checkpoint
 
     m = CifarResNet(20)
     bn = {"bn1.running_mean": torch.full((16,), float("nan"))}

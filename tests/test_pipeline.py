@@ -86,7 +86,7 @@ def test_latency_api_and_cli_give_the_same_fields_and_settings(capsys):
 def test_report_plot_has_error_bars_and_names_the_data(monkeypatch, tmp_path, ckpt):
     import matplotlib.axes
 
-    from reswise import report
+    from reswise.records import report
 
     root = make_imagefolder(tmp_path / "cifar-like" / "test", n_per_class=4)
     cfg = reswise.SweepConfig(model="cifar_resnet20", checkpoint=str(ckpt), dataset="imagefolder",

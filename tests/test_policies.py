@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reswise import Records, ReswiseError
-from reswise.bn_recal import load_bn_states, recalibrate_all, recalibrate_bn, save_bn_checkpoint
-from reswise.data import ResizePolicy, normalizer, to_input
-from reswise.policies import (
+from reswise.choose.policies import (
     calib_heldout_split,
     evaluate_cascade,
     headroom,
@@ -24,8 +22,15 @@ from reswise.policies import (
     search_cascade,
     select_resolution,
 )
-from reswise.policies.cascade import _candidates
-from reswise.stats import _cp_upper_bisect, mcnemar_upper, paired_bootstrap_upper
+from reswise.choose.policies.cascade import _candidates
+from reswise.data import ResizePolicy, normalizer, to_input
+from reswise.measure.bn_recal import (
+    load_bn_states,
+    recalibrate_all,
+    recalibrate_bn,
+    save_bn_checkpoint,
+)
+from reswise.records.stats import _cp_upper_bisect, mcnemar_upper, paired_bootstrap_upper
 
 FLOPS = {16: 250, 24: 560, 32: 1000}
 C = 10  # classes

@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from reswise.compare import compare
-from reswise.errors import ReswiseError
-from reswise.policies import (
+from reswise.choose.compare import compare
+from reswise.choose.policies import (
     evaluate_cascade,
     headroom,
     oracle,
@@ -20,7 +19,7 @@ from reswise.policies import (
     search_cascade,
     select_resolution,
 )
-from reswise.policies.results import (
+from reswise.choose.policies.results import (
     CascadeEval,
     CascadeResult,
     CompareResult,
@@ -29,6 +28,7 @@ from reswise.policies.results import (
     SelectCandidate,
     SelectResult,
 )
+from reswise.errors import ReswiseError
 from reswise.records import Records
 
 FLOPS = {16: 250, 24: 560, 32: 1000}
@@ -75,7 +75,7 @@ def records(n: int = 300, seed: int = 0) -> Records:
 
 
 def test_importing_the_policies_loads_no_torch():
-    code = "import reswise.policies, reswise.compare, sys; assert 'torch' not in sys.modules"
+    code = "import reswise.policies, reswise.choose.compare, sys; assert 'torch' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -151,16 +151,16 @@ def test_the_reference_always_qualifies_and_bad_budgets_say_so():
 
 
 def test_signals_eps_and_headroom_are_defined_once():
-    import reswise.policies as policies
-    import reswise.policies.cascade as cascade
-    import reswise.policies.select as select
-    import reswise.policies.split as split
+    import reswise.choose.policies as policies
+    import reswise.choose.policies.cascade as cascade
+    import reswise.choose.policies.select as select
+    import reswise.choose.policies.split as split
     import reswise.records as rec_mod
 
     assert cascade.SIGNALS is rec_mod.SIGNALS
     assert cascade.EPS is split.EPS and select.EPS is split.EPS
     assert callable(policies.headroom)
-    assert sys.modules["reswise.policies.headroom"].headroom is policies.headroom
+    assert sys.modules["reswise.choose.policies.headroom"].headroom is policies.headroom
 
 
 def test_compare_result_holds_every_choice():

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 
 @functools.lru_cache(maxsize=1)
 def exported() -> tuple[Path, dict]:
-    from reswise.export_cascade import export_policy
+    from reswise.ship.export import export_policy
 
     _, path, images, lm = shipped()
     out = Path(tempfile.mkdtemp(prefix="reswise_onnx_")) / "shipped"
@@ -49,9 +49,9 @@ def test_export_reproduces_the_sweeps_resize_and_the_modules_answers():
 
 @needs_shared
 def test_runner_heldout_top1_equals_the_modules():
-    from reswise.adaptive import AdaptiveClassifier
-    from reswise.policy_file import heldout_positions, load_policy, measured
-    from reswise.runtime import OnnxCascade
+    from reswise.ship.adaptive import AdaptiveClassifier
+    from reswise.ship.policy_file import heldout_positions, load_policy, measured
+    from reswise.ship.runtime import OnnxCascade
 
     run, path, images, lm = shipped()
     out, _ = exported()
@@ -84,7 +84,7 @@ def test_classify_folder_without_torch(tmp_path: Path):
             shutil.copy(f, folder / cls / f.name)
     code = (
         "import sys, json\n"
-        "from reswise.runtime import OnnxCascade\n"
+        "from reswise.ship.runtime import OnnxCascade\n"
         f"rows = OnnxCascade({str(out)!r}).classify_folder({str(folder)!r}, batch_size=5)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(json.dumps(rows))\n"
@@ -99,7 +99,7 @@ def test_classify_folder_without_torch(tmp_path: Path):
 
 @needs_shared
 def test_runner_refuses_changed_graphs_and_wrong_sizes(tmp_path: Path):
-    from reswise.runtime import OnnxCascade
+    from reswise.ship.runtime import OnnxCascade
 
     out, _ = exported()
     copy = tmp_path / "copy"
@@ -119,7 +119,7 @@ def test_runner_refuses_changed_graphs_and_wrong_sizes(tmp_path: Path):
 
 @needs_shared
 def test_policy_latency_runs_both_backends_on_heldout_images():
-    from reswise.cascade_latency import format_policy_latency, measure_policy_latency
+    from reswise.ship.latency import format_policy_latency, measure_policy_latency
 
     _, path, _, _ = shipped()
     out = measure_policy_latency(str(path), str(CIFAR_JPEG / "test"), batch_sizes=[1, 32],

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from reswise.flops import count_params, flops_table
+from reswise.measure.flops import count_params, flops_table
 from reswise.models import create_model, list_models, model_info
 from reswise.models.cifar_mobilenet import CifarMobileNetV2, make_divisible
 from reswise.models.cifar_nasnet import (

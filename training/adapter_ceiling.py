@@ -13,7 +13,7 @@ import argparse
 import time
 
 import reswise
-from reswise.adapt import adapt_one
+from reswise.finetune.adapt import adapt_one
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="cifar_resnet20")

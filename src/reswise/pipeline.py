@@ -6,13 +6,15 @@
                             resolutions=[32, 28, 24, 20, 16, 12], out="runs/r20"))
     reswise.select(run, max_drop=1.0).to_dict()
 
-Data flows one way: images -> records (``run_sweep``, here) -> choices (``reswise.choices``)
+Data flows one way: images -> records (``run_sweep``, here) -> choices (``reswise.choose.choices``)
 -> files. The CLI parses flags into these calls and prints what they return; nothing here reads
 flags or prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
-from .bn_recal import recalibrate_all
-from .data import Dataset, ResizePolicy, align_labels, load_dataset, parse_resolutions
+from .choose.crops import (
+    CROPS_DIR,
+    assemble,
+    choose_crops,
+    crop_grid,
+    crop_table,
+    crop_tag,
+    same_images,
+)
+from .choose.policies import calib_heldout_split
+from .data import Dataset, ResizePolicy, load_data, load_dataset, parse_resolutions
 from .errors import ReswiseError
-from .flops import flops_table
-from .inference import available_cpus, torch_threads
-from .models import LoadedModel, create_model, model_info
+from .measure import distributed
+from .measure.bn_recal import recalibrate_all
+from .measure.flops import flops_table
+from .measure.inference import available_cpus, torch_threads
+from .models import LoadedModel, create_model, load_model, model_info
 from .models._registry import shared_root
-from .policies import calib_heldout_split
-from .records import BNPass, SweepResult, summarize
-from .report import write_report
-from .rundir import interruptible, owned
+from .records import BNPass, SweepResult, jsonable, summarize, write_atomic
+from .records.report import write_report
+from .records.rundir import interruptible, owned
 
 
 @dataclass
@@ -52,12 +63,12 @@ class SweepConfig:
     on_corrupt: str = "skip"
     interpolation: str | None = None  # None: the weights' own
     antialias: bool = True
-    crop_pct: float | str | None = None  # None: the weights' own; "auto": reswise.crops
+    crop_pct: float | str | None = None  # None: the weights' own; "auto": reswise.choose.crops
     crop_grid: list[float] | str | None = None  # crops "auto" tries (None: crops.DEFAULT_GRID)
     batch_size: int | None = None
     device: str = "cpu"
     fast: bool = True  # BN folded into convolutions, channels-last
-    backend: str = "auto"  # eager | compile | onnxruntime | auto (reswise.backends)
+    backend: str = "auto"  # eager | compile | onnxruntime | auto (reswise.measure.backends)
     progress: bool = False
     out: str | None = None  # run directory; default runs/<model>_<data>
     recalibrate_bn: bool = False  # a second pass with BN statistics re-estimated per resolution
@@ -83,53 +94,11 @@ def default_data_root(*parts: str) -> str:
 
 
 # ---------------------------------------------------------------- loading
-def load_model(
-    name: str,
-    *,
-    pretrained: bool | str | None = None,
-    checkpoint: str | None = None,
-    random_init: bool = False,
-    need_weights: bool = True,
-) -> LoadedModel:
-    """The model with weights: given ones, else its defaults; untrained only when asked."""
-    info = model_info(name)
-    if random_init:
-        pretrained = False
-    elif pretrained is None and not checkpoint and need_weights:
-        has = info.weights or info.family in ("torchvision", "efficientnet_lite", "timm")
-        if not has:
-            raise ReswiseError(
-                f"model '{name}' has no pretrained weights here; pass --checkpoint FILE "
-                "(or --random-init to evaluate untrained weights)"
-            )
-        pretrained = True
-    return create_model(name, pretrained=pretrained or False, checkpoint=checkpoint)
-
-
 def policy_for(cfg: SweepConfig, lm: LoadedModel) -> ResizePolicy:
     """The weights' own evaluation preprocessing with the user's overrides."""
     return lm.info.eval_policy(
         crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, antialias=cfg.antialias
     )
-
-
-def load_data(cfg: Any, lm: LoadedModel | None = None) -> Dataset:
-    """The images ``cfg`` names (a SweepConfig, or any object with its data fields), with
-    labels mapped onto ``lm``'s classes by name when the weights carry class names."""
-    data = load_dataset(
-        cfg.dataset,
-        cfg.data_root,
-        split=cfg.split,
-        limit=cfg.limit,
-        on_corrupt=cfg.on_corrupt,
-        seed=cfg.seed,
-    )
-    if lm is None:
-        return data
-    data, _ = align_labels(
-        data, lm.info.class_names, getattr(cfg, "class_map", None), num_classes=lm.info.num_classes
-    )
-    return data
 
 
 def load_calib(cfg: SweepConfig, data: Dataset) -> tuple[Dataset, str, dict[str, Any] | None]:
@@ -173,9 +142,7 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     is killed, interrupted or hits a full disk resumes where it stopped. Returns None on a
     non-zero torchrun rank (rank 0 gathers the records).
     """
-    if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (crops.py)
-        from .crops import run_auto_crop
-
+    if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (choose/crops.py)
         return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
     out = cfg.out_dir()
@@ -274,7 +241,7 @@ def _bn_pass(
 
 
 def _add_latency(cfg: SweepConfig, lm: LoadedModel, res: list[int], result: SweepResult) -> None:
-    from .latency import measure_latency
+    from .measure.latency import measure_latency
 
     lat = measure_latency(
         lm, res, [1], reference=result.reference, device=cfg.device, fast=cfg.fast
@@ -315,8 +282,8 @@ def flops_report(
     by_operator: bool = False,
 ) -> dict[str, Any]:
     """Exact MACs / FLOPs / params per resolution; no data or weights needed."""
-    from .flops import FlopAnalysis
-    from .inference import check_resolutions
+    from .measure.flops import FlopAnalysis
+    from .measure.inference import check_resolutions
 
     res = parse_resolutions(resolutions)
     lm = create_model(model, pretrained=False)
@@ -366,7 +333,7 @@ def adapt_checkpoint(
     log: Any = None,
 ) -> dict[str, Any]:
     """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
-    from .adapt import adapt, adapter_size
+    from .finetune.adapt import adapt, adapter_size
 
     data = load_dataset("imagefolder", train_root)
     states = adapt(lm, data, parse_resolutions(resolutions), steps, batch_size, lr, seed, log=log)
@@ -380,8 +347,8 @@ def _write_checkpoint(
     out: str | Path,
     facts: dict[str, Any],
 ) -> dict[str, Any]:
-    from .checkpoint import save_checkpoint
     from .models._registry import sha256_file
+    from .models.checkpoint import save_checkpoint
 
     save_checkpoint(lm, states, out)  # the LoadedModel: its class names travel too
     return {
@@ -405,8 +372,8 @@ def export_checked(
     opset: int = 17,
 ) -> dict[str, Any]:
     """ONNX at ``resolution`` (with the weights' own BN for it), checked on real images."""
-    from .export import export_onnx
-    from .inference import check_resolutions
+    from .measure.inference import check_resolutions
+    from .measure.onnx import export_onnx
 
     check_resolutions(lm.info, [resolution])
     if Path(out).is_dir():
@@ -421,3 +388,60 @@ def export_checked(
         lm, resolution, out, bake_resize_from=bake_resize_from, check_images=images, opset=opset
     )
     return {**result, "model": lm.info.name, "weights": lm.weights}
+
+
+# ---------------------------------------------------------------- --crop-pct auto
+def _refuse_auto_crop(cfg: Any, task: str) -> None:
+    if task != "imagenet":
+        raise ReswiseError(
+            f"--crop-pct auto chooses a centre crop, but {cfg.model} resizes the whole image "
+            "(no crop); drop --crop-pct"
+        )
+    if cfg.recalibrate_bn:
+        raise ReswiseError(
+            "--crop-pct auto and --recalibrate-bn are not combined; run two sweeps (one with each)"
+        )
+
+
+def run_auto_crop(cfg: Any, write: bool = True) -> SweepResult | None:
+    """``reswise sweep --crop-pct auto``: one sweep per crop of the grid, then the choice."""
+    info = model_info(cfg.model)
+    _refuse_auto_crop(cfg, info.task)
+    default = float(info.crop_pct)
+    grid = crop_grid(default, getattr(cfg, "crop_grid", None))
+    calib_heldout_split(2, cfg.calib_frac, cfg.seed)  # a bad --calib-frac fails before any pass
+    split = {"calib_frac": cfg.calib_frac, "seed": cfg.seed}
+    out = cfg.out_dir()
+    runs: dict[float, SweepResult] = {}
+    with owned(out, distributed.world()[0]):
+        for c in grid:
+            sub = dataclasses.replace(
+                cfg,
+                crop_pct=c,
+                crop_grid=None,
+                out=str(out / CROPS_DIR / crop_tag(c)),
+                latency=cfg.latency and c == default,  # latency does not depend on the crop
+            )
+            run = run_sweep(sub, write=write)
+            if run is not None:
+                runs[c] = run
+    if not runs:  # a non-zero torchrun rank: rank 0 assembles
+        return None
+    first = same_images(runs)
+    split["n"] = first.n
+    choice = choose_crops(
+        {c: r.records for c, r in runs.items()},
+        default,
+        calib_frac=cfg.calib_frac,
+        seed=cfg.seed,
+    )
+    result = assemble(runs, default, choice, split)
+    result.directory = str(out)
+    if write:
+        with owned(out, 0):
+            save_run(result, out)
+            body = f"# {cfg.model}: --crop-pct auto\n\n{crop_table(result)}\n"
+            write_atomic(out / "crops.md", body.encode())
+            meta = json.dumps(result.meta["crop_auto"], indent=1, default=jsonable)
+            write_atomic(out / "crops.json", (meta + "\n").encode())
+    return result

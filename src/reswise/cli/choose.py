@@ -94,7 +94,7 @@ def _ci(d: dict[str, Any]) -> str:
 
 
 def run_random(args: argparse.Namespace) -> dict[str, Any]:
-    from ..choices import random_choice
+    from ..choose.choices import random_choice
     from ..data import parse_resolutions
 
     weights = parse_floats(args.weights, "--weights") if args.weights else None
@@ -118,13 +118,13 @@ def run_random(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def budget(args: argparse.Namespace) -> Any:
-    from ..choices import Budget
+    from ..choose.choices import Budget
 
     return Budget(args.max_drop, args.confidence, args.calib_frac, args.seed)
 
 
 def run_select(args: argparse.Namespace) -> dict[str, Any]:
-    from ..choices import run_facts, select
+    from ..choose.choices import run_facts, select
 
     run = records_source(args)
     if run is None:
@@ -148,7 +148,7 @@ def run_select(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
-    from ..choices import cascade, cascade_headroom, run_facts
+    from ..choose.choices import cascade, cascade_headroom, run_facts
 
     run = records_source(args)
     if run is None:
@@ -175,7 +175,7 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _save_policy(run: Any, found: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from ..adaptive import save_choice
+    from ..ship.adaptive import save_choice
 
     saved = save_choice(run, found.to_dict(), budget(args), args.save)
     if not args.json:
@@ -208,8 +208,8 @@ def headroom_table(rows: list[dict[str, Any]], max_drop: float, n: int) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from ..choices import compare_header, compare_policies, run_facts
-    from ..compare import compare_table
+    from ..choose.choices import compare_header, compare_policies, run_facts
+    from ..choose.compare import compare_table
     from ..pipeline import load_run
 
     add = {}

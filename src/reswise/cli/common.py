@@ -28,7 +28,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def crop_pct_value(text: str) -> float | str:
-    """``--crop-pct``: a number, or ``auto`` (chosen per resolution, reswise.crops)."""
+    """``--crop-pct``: a number, or ``auto`` (chosen per resolution, reswise.choose.crops)."""
     if text == "auto":
         return text
     try:

@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> None:
 
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import parse_resolutions
-    from ..latency import format_latency_table, measure_latency
+    from ..measure.latency import format_latency_table, measure_latency
 
     if args.policy:
         return ship.run_latency_policy(args)

@@ -19,8 +19,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run_doctor(args: argparse.Namespace) -> dict[str, Any]:
-    from ..doctor import doctor
-    from ..inference import resolve_device
+    from ..measure.doctor import doctor
+    from ..measure.inference import resolve_device
 
     out = doctor(args.threads, str(resolve_device(args.device)))
     if not args.json:

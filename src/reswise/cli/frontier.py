@@ -44,9 +44,9 @@ def flops_value(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..frontier import pareto_front, write_frontier
+    from ..choose.frontier import pareto_front, write_frontier
     from ..records import SweepResult
-    from ..report import dataset_label
+    from ..records.report import dataset_label
 
     runs = []
     for d in args.from_runs:

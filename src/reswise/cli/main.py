@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "threads") and args.command != "latency":
             import torch
 
-            from ..inference import available_cpus
+            from ..measure.inference import available_cpus
 
             torch.set_num_threads(args.threads or available_cpus())
         result = args.func(args)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
         if "torch.distributed" in sys.modules:
-            from ..distributed import shutdown
+            from ..measure.distributed import shutdown
 
             shutdown()
     if getattr(args, "json", False) and result:

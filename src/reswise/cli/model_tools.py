@@ -211,9 +211,9 @@ def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load_dataset, parse_resolutions
-    from ..inference import resolve_device
+    from ..finetune.train import TrainConfig, train
+    from ..measure.inference import resolve_device
     from ..pipeline import load_data
-    from ..train import TrainConfig, train
 
     device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
     lm = model_from(args, need_weights=False)
@@ -243,8 +243,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    from ..measure.reproduce import format_reproduction, reproduce
     from ..pipeline import default_data_root
-    from ..reproduce import format_reproduction, reproduce
 
     rep = reproduce(args.data_root or default_data_root("cifar10-jpeg", "test"), args.limit)
     if not args.json:

@@ -32,7 +32,7 @@ def require(args: argparse.Namespace, *names: str) -> None:
 
 
 def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
-    from ..cascade_latency import POLICY_BACKENDS, format_policy_latency, measure_policy_latency
+    from ..ship.latency import POLICY_BACKENDS, format_policy_latency, measure_policy_latency
 
     if not args.data_root:
         raise ReswiseError("--policy needs --data-root DIR: the images its sweep ran on")
@@ -66,8 +66,8 @@ def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
     from ..data import load_dataset
-    from ..export_cascade import export_policy
-    from ..policy_file import load_policy
+    from ..ship.export import export_policy
+    from ..ship.policy_file import load_policy
 
     images = None
     root = args.check_root or load_policy(args.policy)["images"]["dataset"]

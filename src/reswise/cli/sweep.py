@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import run_sweep
-    from ..report import conditions, seed_table
+    from ..records.report import conditions, seed_table
 
     result = run_sweep(sweep_config(args))
     if result is None:  # a non-zero rank of a distributed run
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             print(seed_table(result.bn.rows))
         if result.meta.get("crop_auto"):
-            from ..crops import crop_table
+            from ..choose.crops import crop_table
 
             print(crop_table(result))
         t = result.timings

@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ReswiseError
-from .datasets import CIFAR10_CLASSES, Dataset
+from .datasets import CIFAR10_CLASSES, Dataset, load_dataset
 
 CIFAR10_NAMES: tuple[str, ...] = tuple(CIFAR10_CLASSES)
 POSITIONAL = "labels mapped by folder position (the model carries no class names)"
@@ -194,3 +195,23 @@ def align_labels(
         index, how = list(range(folders)), POSITIONAL
     labels = torch.tensor(index, dtype=torch.int64)[dataset.labels.long()]
     return dataclasses.replace(dataset, labels=labels, label_names=names, label_mapping=how), how
+
+
+def load_data(cfg: Any, lm: Any = None) -> Dataset:
+    """The images ``cfg`` names (a SweepConfig, or any object with its data fields), with
+    labels mapped onto ``lm``'s classes by name when the weights carry class names
+    (``lm``: a :class:`reswise.models.LoadedModel`; typed loosely so data needs no models)."""
+    data = load_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        split=cfg.split,
+        limit=cfg.limit,
+        on_corrupt=cfg.on_corrupt,
+        seed=cfg.seed,
+    )
+    if lm is None:
+        return data
+    data, _ = align_labels(
+        data, lm.info.class_names, getattr(cfg, "class_map", None), num_classes=lm.info.num_classes
+    )
+    return data

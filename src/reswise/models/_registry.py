@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import ExtraState, check_fits, split_checkpoint
 from ..data.policy import ResizePolicy
 from ..errors import ReswiseError
 from ..records import sha256_file
+from .checkpoint import ExtraState, check_fits, split_checkpoint
 from .finite import check_loaded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # weights reswise trained
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"  # weights reswise trained
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -295,7 +295,7 @@ class LoadedModel:
     model: nn.Module
     info: ModelInfo
     weights: str  # human-readable weight source, e.g. "cifar_resnet56.he2016" or a file path
-    # per-resolution BN statistics / adapters the checkpoint carried (reswise.checkpoint)
+    # per-resolution BN statistics / adapters the checkpoint carried (reswise.models.checkpoint)
     extra: ExtraState = field(default_factory=ExtraState)
 
 
@@ -365,3 +365,26 @@ def finish_loading(
     if names != info.class_names:
         info = dataclasses.replace(info, class_names=names)
     return LoadedModel(model.eval(), info, source, extra)
+
+
+def load_model(
+    name: str,
+    *,
+    pretrained: bool | str | None = None,
+    checkpoint: str | None = None,
+    random_init: bool = False,
+    need_weights: bool = True,
+) -> LoadedModel:
+    """The model with weights: given ones, else its defaults; untrained only when asked."""
+    info = model_info(name)
+    if random_init:
+        pretrained = False
+    elif pretrained is None and not checkpoint and need_weights:
+        has = info.weights or info.family in ("torchvision", "efficientnet_lite", "timm")
+        if not has:
+            raise ReswiseError(
+                f"model '{name}' has no pretrained weights here; pass --checkpoint FILE "
+                "(or --random-init to evaluate untrained weights)"
+            )
+        pretrained = True
+    return create_model(name, pretrained=pretrained or False, checkpoint=checkpoint)

@@ -13,8 +13,8 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ..checkpoint import PREFIX, ExtraState
 from ..errors import ReswiseError
+from .checkpoint import PREFIX, ExtraState
 
 
 def _tensors(

@@ -1,0 +1,292 @@
+"""Which model at which resolution: the accuracy-vs-FLOPs Pareto front over several runs.
+
+    runs = [reswise.load_run(d) for d in ("runs/lite0", "runs/lite1", "runs/lite2")]
+    front = reswise.pareto_front(runs, budget_flops=8e8)
+    print(front.table())
+
+Every (model, resolution, crop) of runs on the same images is a point; the front keeps the
+points no cheaper point beats. All comparisons are paired (the same images on both sides), so
+their CIs are those of the per-image difference (``reswise.records.stats``). When a run chose its crops
+on a calibration split (``--crop-pct auto``), every figure is measured on that split's held-out
+part only, so the choice does not flatter it. numpy and matplotlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ReswiseError
+from ..records import SweepResult, jsonable, write_atomic
+from ..records.stats import paired_drop_ci, wilson
+from .choices import check_same_images
+from .policies.split import calib_heldout_split
+
+MATCH = 0.05  # two points "cost the same" within 5 % of FLOPs
+
+
+@dataclass
+class Point:
+    model: str
+    resolution: int
+    crop_pct: float | None  # None: whole image resized (no crop)
+    flops: int
+    params: int
+    correct: np.ndarray  # bool per image of the reported part
+    on_front: bool = False
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * float(self.correct.mean())
+
+    @property
+    def label(self) -> str:
+        crop = "" if self.crop_pct is None else f", crop {self.crop_pct:.3g}"
+        return f"{self.model} @ {self.resolution}{crop}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "resolution": self.resolution,
+            "crop_pct": self.crop_pct,
+            "flops": self.flops,
+            "macs": self.flops // 2,
+            "params": self.params,
+            "top1": self.top1,
+            "top1_ci": list(wilson(int(self.correct.sum()), len(self.correct))),
+            "on_front": self.on_front,
+        }
+
+
+def compare(a: Point, b: Point) -> dict[str, Any]:
+    """a - b in top-1 points with its paired 95% CI; distinguishable when the CI excludes 0."""
+    lo, hi = paired_drop_ci(a.correct, b.correct)
+    return {
+        "a": a.label,
+        "b": b.label,
+        "diff": a.top1 - b.top1,
+        "diff_ci": [lo, hi],
+        "distinguishable": bool(lo > 0 or hi < 0),
+    }
+
+
+@dataclass
+class Frontier:
+    points: list[Point]
+    n: int
+    part: str  # which images every figure is measured on
+    neighbours: list[dict[str, Any]] = field(default_factory=list)  # along the front
+    matched: list[dict[str, Any]] = field(default_factory=list)  # other models at equal FLOPs
+    budget: dict[str, Any] | None = None
+
+    @property
+    def front(self) -> list[Point]:
+        return [p for p in self.points if p.on_front]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "images": self.part,
+            "points": [p.to_dict() for p in self.points],
+            "front": [p.label for p in self.front],
+            "neighbours": self.neighbours,
+            "matched_flops": self.matched,
+            "budget": self.budget,
+        }
+
+    def table(self) -> str:
+        """Markdown: every point, the front marked, each front point against the previous one."""
+        vs = {d["a"]: d for d in self.neighbours}
+        lines = [
+            f"Top-1 on {self.part} (n = {self.n}); CIs are paired 95% intervals of the "
+            "difference to the previous point on the front.",
+            "",
+            "| model | resolution | crop | MMACs | top-1 (%) | 95% CI | front | vs previous front "
+            "point (points) |",
+            "|---|---:|---:|---:|---:|---|:---:|---|",
+        ]
+        for p in self.points:
+            lo, hi = wilson(int(p.correct.sum()), len(p.correct))
+            crop = "-" if p.crop_pct is None else f"{p.crop_pct:.3g}"
+            d = vs.get(p.label)
+            cmp = ""
+            if d:
+                same = "" if d["distinguishable"] else ", not distinguishable"
+                cmp = f"{d['diff']:+.1f} [{d['diff_ci'][0]:+.1f}, {d['diff_ci'][1]:+.1f}]{same}"
+            lines.append(
+                f"| {p.model} | {p.resolution} | {crop} | {p.flops / 2e6:.1f} | {p.top1:.1f} | "
+                f"[{lo:.1f}, {hi:.1f}] | {'*' if p.on_front else ''} | {cmp} |"
+            )
+        if self.matched:
+            lines += ["", "Equal FLOPs (within 5 %), bigger model minus smaller one:", ""]
+            lines += [_matched_line(d) for d in self.matched]
+        if self.budget:
+            lines += ["", self.budget["answer"]]
+        return "\n".join(lines)
+
+
+def _matched_line(d: dict[str, Any]) -> str:
+    lo, hi = d["diff_ci"]
+    verdict = "distinguishable" if d["distinguishable"] else "not distinguishable"
+    return (
+        f"* {d['a']} vs {d['b']} ({d['flops_gap_pct']:+.1f} % FLOPs): {d['diff']:+.1f} points, "
+        f"95% CI [{lo:+.1f}, {hi:+.1f}], {verdict}"
+    )
+
+
+def _crop_of(run: SweepResult, i: int) -> float | None:
+    crops = run.records.crop_pct
+    if crops is not None and not np.isnan(crops[i]):
+        return float(crops[i])
+    found = re.search(r"round\(r / ([0-9.]+)\)", run.policy)
+    return float(found.group(1)) if found else None
+
+
+def reported_part(runs: list[SweepResult]) -> tuple[np.ndarray, str]:
+    """Indices every figure is measured on: a crop split's held-out part, else all images."""
+    n = runs[0].n
+    splits = {
+        json.dumps(s, sort_keys=True)
+        for run in runs
+        if (s := (run.meta.get("crop_auto") or {}).get("split"))
+    }
+    if not splits:
+        return np.arange(n), f"all {n} images"
+    if len(splits) > 1:
+        raise ReswiseError(
+            "the runs chose their crops on different splits (--calib-frac/--seed); sweep them "
+            "with the same values so one held-out part is unseen by all"
+        )
+    split = json.loads(splits.pop())
+    _, held = calib_heldout_split(n, split["calib_frac"], split["seed"])
+    return held, f"the held-out part ({split['calib_frac']:.0%} calibration, seed {split['seed']})"
+
+
+def _points(runs: list[SweepResult], part: np.ndarray) -> list[Point]:
+    points = []
+    for run in runs:
+        for i, r in enumerate(run.records.resolutions):
+            row = next(x for x in run.rows if x["resolution"] == r)
+            correct = run.records.correct(r)[part]
+            points.append(
+                Point(run.model, r, _crop_of(run, i), int(row["flops"]), row["params"], correct)
+            )
+    return sorted(points, key=lambda p: (p.flops, -p.top1))
+
+
+def _mark_front(points: list[Point]) -> None:
+    """A point is on the front when every cheaper (or equally cheap) point is less accurate."""
+    best = -1.0
+    for p in points:  # sorted by FLOPs, then by accuracy, best first
+        p.on_front = p.top1 > best
+        best = max(best, p.top1)
+
+
+def _matched(points: list[Point], tol: float = MATCH) -> list[dict[str, Any]]:
+    out = []
+    for i, a in enumerate(points):
+        for b in points[i + 1 :]:
+            if a.model == b.model or abs(a.flops - b.flops) > tol * max(a.flops, b.flops):
+                continue
+            big, small = (a, b) if a.params >= b.params else (b, a)
+            d = compare(big, small)
+            d["flops_gap_pct"] = 100.0 * (big.flops / small.flops - 1.0)
+            out.append(d)
+    return out
+
+
+def _budget(points: list[Point], budget_flops: float) -> dict[str, Any]:
+    within = [p for p in points if p.flops <= budget_flops]
+    b = f"{budget_flops / 1e6:.0f} MFLOPs ({budget_flops / 2e6:.0f} MMACs)"
+    if not within:
+        cheapest = points[0]
+        return {
+            "budget_flops": budget_flops,
+            "best": None,
+            "answer": f"No point fits in {b}; the cheapest is {cheapest.label} at "
+            f"{cheapest.flops / 1e6:.0f} MFLOPs.",
+        }
+    best = max(within, key=lambda p: (p.top1, -p.flops))
+    ties = [compare(best, p) for p in within if p is not best]
+    same = [d["b"] for d in ties if not d["distinguishable"]]
+    answer = f"At {b}: {best.label} ({best.top1:.1f} %, {best.flops / 1e6:.0f} MFLOPs)."
+    if same:
+        answer += f" Not distinguishable from it on these images: {', '.join(same)}."
+    return {"budget_flops": budget_flops, "best": best.to_dict(), "ties": ties, "answer": answer}
+
+
+def pareto_front(
+    runs: list[SweepResult], *, budget_flops: float | None = None, match_tol: float = MATCH
+) -> Frontier:
+    """The Pareto front of accuracy vs FLOPs over every point of ``runs`` (same images)."""
+    if not runs:
+        raise ReswiseError("frontier needs at least one run: --from RUN_DIR (repeatable)")
+    for other in runs[1:]:
+        check_same_images(runs[0], other, other.directory or other.model)
+        if not np.array_equal(other.records.indices, runs[0].records.indices) or not (
+            np.array_equal(other.records.labels, runs[0].records.labels)
+        ):
+            raise ReswiseError(
+                f"run {other.directory} holds its images in another order or with other labels "
+                f"than {runs[0].directory}; sweep both with the same flags"
+            )
+    part, desc = reported_part(runs)
+    points = _points(runs, part)
+    _mark_front(points)
+    front = [p for p in points if p.on_front]
+    neighbours = [compare(b, a) for a, b in zip(front, front[1:])]
+    result = Frontier(points, len(part), desc, neighbours, _matched(points, match_tol))
+    if budget_flops is not None:
+        if not budget_flops > 0:
+            raise ReswiseError(f"--budget-flops must be positive, got {budget_flops}")
+        result.budget = _budget(points, budget_flops)
+    return result
+
+
+def frontier_plot(result: Frontier, path: str | Path, title: str) -> None:
+    """Top-1 vs MMACs per model (Wilson 95% CIs), the front as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    for model in dict.fromkeys(p.model for p in result.points):
+        pts = sorted((p for p in result.points if p.model == model), key=lambda p: p.flops)
+        xs = [p.flops / 2e6 for p in pts]
+        ys = [p.top1 for p in pts]
+        cis = [wilson(int(p.correct.sum()), len(p.correct)) for p in pts]
+        yerr = [[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]]
+        ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=2, label=model, alpha=0.85)
+        for p, x, y in zip(pts, xs, ys):
+            ax.annotate(str(p.resolution), (x, y), textcoords="offset points", xytext=(3, -10),
+                        fontsize=7)  # fmt: skip
+    front = result.front
+    ax.plot([p.flops / 2e6 for p in front], [p.top1 for p in front], "k--", lw=0.8,
+            label="Pareto front")  # fmt: skip
+    ax.set_xlabel("MMACs (conv + matmul)")
+    ax.set_ylabel(f"top-1 (%), 95% CI, n = {result.n}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_frontier(result: Frontier, out: str | Path, title: str) -> dict[str, str]:
+    """frontier.md, frontier.json and frontier.png into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: out / f"frontier.{k}" for k in ("md", "json", "png")}
+    text = f"# reswise frontier\n\n{result.table()}\n\n![frontier](frontier.png)\n"
+    write_atomic(files["md"], text.encode())
+    body = json.dumps(result.to_dict(), indent=1, default=jsonable) + "\n"
+    write_atomic(files["json"], body.encode())
+    frontier_plot(result, files["png"], title)
+    return {k: str(v) for k, v in files.items()}

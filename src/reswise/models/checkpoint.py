@@ -1,0 +1,164 @@
+"""reswise's extra state inside a checkpoint: one format, encoded and decoded only here.
+
+Per-resolution tensors (BN statistics from ``reswise recalibrate``, adapters from ``reswise
+adapt``, private BN from multi-resolution training) ride beside a plain state_dict as
+``reswise.bn.<resolution>.<state_dict key>`` entries. The file stays an ordinary
+``weights_only``-loadable state_dict: anything that drops the ``reswise.`` keys can load it at the
+native resolution. The class names the weights predict may ride along as ``reswise.classes``
+(UTF-8 bytes, one name per line), so a checkpoint keeps saying what its outputs mean.
+
+    state = checkpoint_state(model.state_dict(), {24: bn_at_24}, class_names=names)
+    plain, extra = split_checkpoint(state)  # extra.get(24) is bn_at_24, extra.class_names names
+
+This module must not import ``reswise.models``: the model registry imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ReswiseError
+
+NAMESPACE = "reswise."  # every key reswise adds to a state_dict starts with this
+PREFIX = NAMESPACE + "bn."
+CLASSES_KEY = NAMESPACE + "classes"
+
+
+@dataclass
+class ExtraState:
+    """Per-resolution tensors decoded from a checkpoint: resolution -> {state_dict key: tensor}."""
+
+    per_resolution: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None  # what the outputs mean, when the file says
+
+    def __bool__(self) -> bool:  # "has per-resolution state": class names alone change no layer
+        return bool(self.per_resolution)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return sorted(self.per_resolution)
+
+    def get(self, resolution: int) -> dict[str, torch.Tensor] | None:
+        """The tensors to load at ``resolution``, or None when it has none of its own."""
+        return self.per_resolution.get(int(resolution))
+
+
+def encode_class_names(names: tuple[str, ...] | list[str]) -> torch.Tensor:
+    """Class names as a uint8 tensor, so the file stays a ``weights_only`` state_dict."""
+    names = [str(n) for n in names]
+    if not names or any(not n or "\n" in n for n in names):
+        raise ReswiseError(
+            "class names for a checkpoint must be non-empty, one line each; check the names passed"
+        )
+    return torch.frombuffer(bytearray("\n".join(names).encode()), dtype=torch.uint8).clone()
+
+
+def decode_class_names(t: torch.Tensor) -> tuple[str, ...]:
+    try:
+        if t.dtype != torch.uint8 or t.dim() != 1:
+            raise ValueError
+        return tuple(bytes(t.numpy().tobytes()).decode("utf-8").split("\n"))
+    except (ValueError, UnicodeDecodeError):
+        raise ReswiseError(
+            f"checkpoint key '{CLASSES_KEY}' is not UTF-8 class names; re-save the checkpoint"
+        ) from None
+
+
+def _decode_key(key: str) -> tuple[int, str]:
+    if not key.startswith(PREFIX):
+        raise ReswiseError(
+            f"checkpoint key '{key}' is not a reswise format this version reads (only "
+            f"{PREFIX}<resolution>.<key>); re-save the checkpoint with this reswise"
+        )
+    res, _, name = key[len(PREFIX) :].partition(".")
+    if not res.isdigit() or int(res) <= 0 or not name:
+        raise ReswiseError(
+            f"checkpoint key '{key}' is not {PREFIX}<resolution>.<key>; re-save the checkpoint"
+        )
+    return int(res), name
+
+
+def split_checkpoint(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], ExtraState]:
+    """A loaded checkpoint -> (plain state_dict for ``load_state_dict``, decoded extra state).
+
+    Every ``reswise.*`` key must decode: an unknown one is an error rather than silently dropped,
+    since dropping it would evaluate the model without the state it was saved with.
+    """
+    plain: dict[str, torch.Tensor] = {}
+    per_resolution: dict[int, dict[str, torch.Tensor]] = {}
+    names = None
+    for key, t in state.items():
+        if not key.startswith(NAMESPACE):
+            plain[key] = t
+        elif key == CLASSES_KEY:
+            names = decode_class_names(t)
+        else:
+            res, name = _decode_key(key)
+            per_resolution.setdefault(res, {})[name] = t
+    return plain, ExtraState(per_resolution, names)
+
+
+def check_fits(
+    model_state: dict[str, torch.Tensor],
+    per_resolution: dict[int, dict[str, torch.Tensor]],
+    source: str = "per-resolution state",
+) -> None:
+    """Raise unless every per-resolution tensor names a ``model_state`` entry of the same shape."""
+    for r, tensors in per_resolution.items():
+        for name, t in tensors.items():
+            if name not in model_state:
+                raise ReswiseError(
+                    f"{source}: tensor '{name}' for {r}x{r} is not in the model's state_dict; "
+                    "recalibrate or adapt this model, not another"
+                )
+            if tuple(t.shape) != tuple(model_state[name].shape):
+                raise ReswiseError(
+                    f"{source}: tensor '{name}' for {r}x{r} has shape {tuple(t.shape)}, the "
+                    f"model's has {tuple(model_state[name].shape)}; recalibrate or adapt this model"
+                )
+
+
+def checkpoint_state(
+    model_state: dict[str, torch.Tensor],
+    per_resolution: dict[int, dict[str, torch.Tensor]],
+    class_names: tuple[str, ...] | list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Encode: ``model_state`` plus ``reswise.bn.<r>.<key>`` entries, all detached CPU copies,
+    plus ``reswise.classes`` when ``class_names`` are given.
+
+    Copies, so the result is a snapshot that later training steps cannot change.
+    """
+    for r in per_resolution:
+        if int(r) <= 0:
+            raise ReswiseError(f"per-resolution state needs positive resolutions, got {r}")
+    check_fits(model_state, per_resolution)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model_state.items()}
+    for r, tensors in per_resolution.items():
+        for name, t in tensors.items():
+            state[f"{PREFIX}{int(r)}.{name}"] = t.detach().to("cpu", copy=True)
+    if class_names is not None:
+        state[CLASSES_KEY] = encode_class_names(class_names)
+    return state
+
+
+def save_checkpoint(
+    model: nn.Module,
+    per_resolution: dict[int, dict[str, torch.Tensor]],
+    path: str | Path,
+    class_names: tuple[str, ...] | list[str] | None = None,
+) -> None:
+    """Write ``model``'s state_dict with its per-resolution tensors (``weights_only`` loadable).
+
+    A LoadedModel works too and brings its weights' class names unless ``class_names`` is given.
+    """
+    if class_names is None:
+        class_names = getattr(getattr(model, "info", None), "class_names", None)
+    model = getattr(model, "model", model)
+    state = checkpoint_state(model.state_dict(), per_resolution, class_names)
+    torch.save(state, Path(path))

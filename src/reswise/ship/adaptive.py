@@ -1,0 +1,281 @@
+"""The chosen cascade as a module: ``reswise.AdaptiveClassifier``.
+
+    policy = reswise.policy_file.load_policy("policy.json")
+    net = reswise.AdaptiveClassifier(policy, reswise.create_model("cifar_resnet20", ...))
+    logits, resolution = net(images)  # B x 3 x H x W at the images' own size, uint8 or float
+
+The whole batch runs at the first resolution; the images whose confidence is below the stage's
+threshold are gathered and run at the next, and their answers scattered back. Resizing is the
+sweep's own (:class:`reswise.data.ResizePolicy`), the networks are built as the sweep built them
+(BN folded, channels-last) and confidence is :func:`reswise.records.confidence`, so
+per image it answers what the records-based simulation of the same policy says.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..choose.compare import best_of
+from ..choose.policies import calib_heldout_split
+from ..data import ResizePolicy, normalizer, to_input
+from ..errors import ReswiseError
+from ..measure.inference import fold_for_inference
+from ..models import LoadedModel, load_model
+from ..records import SweepResult, confidence
+from .policy_file import build_policy, load_bn_states, load_policy, save_policy
+
+TOPK = 2  # what every signal reads: top-1 and top-2 probabilities
+
+
+class AdaptiveOutput(NamedTuple):
+    logits: torch.Tensor  # B x classes, from the stage that answered each image
+    resolution: torch.Tensor  # int64 B: the resolution that answered
+
+
+def softmax_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k softmax probabilities and entropy, computed as the sweep computes its records."""
+    logp = torch.log_softmax(logits.float(), 1)
+    p = logp.exp()
+    return p.topk(min(TOPK, p.shape[1]), 1).values, -(p * logp).sum(1)
+
+
+def state_sha256(lm: LoadedModel) -> str:
+    """sha256 of the weights' values: the state_dict and any per-resolution state they carry."""
+    h = hashlib.sha256()
+    tensors = list(lm.model.state_dict().items())
+    for r in lm.extra.resolutions:
+        tensors += [
+            (f"reswise.bn.{r}.{k}", t) for k, t in sorted(lm.extra.per_resolution[r].items())
+        ]
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_source(run: SweepResult) -> dict[str, Any]:
+    """How to load the weights a run was made with: ``pretrained`` tag or ``checkpoint`` path."""
+    name = run.weights.split(" + ")[0]
+    if name == "random init":
+        return {"random_init": True}
+    if name.startswith(f"{run.model}."):
+        tag = name[len(run.model) + 1 :]
+        return {"pretrained": True if tag == "pretrained" else tag}
+    return {"checkpoint": name}
+
+
+def load_model_for(policy: dict[str, Any], lm: LoadedModel | None = None) -> LoadedModel:
+    """The policy's model (``lm``, or loaded from where the policy says), its weights checked."""
+    if lm is None:
+        lm = load_model(policy["model"], **policy["weights"]["source"])
+    want, have = policy["weights"]["sha256"], state_sha256(lm)
+    if lm.info.name != policy["model"] or want != have:
+        raise ReswiseError(
+            f"policy {policy.get('path', '')} was chosen for {policy['model']} weights "
+            f"{policy['weights']['name']} (sha256 {want[:16]}), but the model given is "
+            f"{lm.info.name} {lm.weights} (sha256 {have[:16]}); load those weights, or choose "
+            "again for these with reswise cascade --from RUN --save"
+        )
+    return lm
+
+
+def resize_policy(pre: dict[str, Any], r: int | None = None) -> ResizePolicy:
+    """The resize of stage ``r``: the crop ``--crop-pct auto`` chose there, else the policy's."""
+    crop = (pre.get("crop_pct_by_res") or {}).get(str(r), pre["crop_pct"])
+    return ResizePolicy(pre["kind"], crop, pre["interpolation"], pre["antialias"])
+
+
+def _run_resize(run: SweepResult, lm: LoadedModel) -> ResizePolicy:
+    """The ResizePolicy the sweep used: the one whose description its results recorded."""
+    own = lm.info.eval_policy()
+    found = [
+        ResizePolicy(own.kind, crop, run.interpolation, aa)
+        for aa in (True, False)
+        for crop in dict.fromkeys([own.crop_pct, *_crops_named(run.policy)])
+    ]
+    auto = (
+        "round(r / crop_pct(r))"  # a --crop-pct auto run names its base crop so (choose/crops.py)
+    )
+    for p in found:
+        if run.policy.partition(";")[0] in (
+            p.describe(),
+            p.describe().replace(f"round(r / {p.crop_pct})", auto),
+        ):
+            return p
+    raise ReswiseError(
+        f"cannot tell which resize run {run.directory} used ('{run.policy}'); rerun its sweep "
+        "with this reswise"
+    )
+
+
+def _crops_named(text: str) -> list[float]:
+    part = text.partition("round(r / ")[2].partition(")")[0]
+    try:
+        return [float(part)] if part else []
+    except ValueError:
+        return []
+
+
+def save_choice(
+    run: SweepResult, found: dict[str, Any], budget: Any, path: str | Path
+) -> dict[str, Any]:
+    """Write the policy file for ``found`` (a select or cascade result) chosen from ``run``."""
+    source = weights_source(run)
+    lm = load_model(run.model, **source)
+    chain = [int(r) for r in found.get("chain", [found.get("resolution")])]
+    use_recal = {r: False for r in chain}
+    if run.bn is not None:
+        calib, _ = calib_heldout_split(run.n, budget.calib_frac, budget.seed)
+        use_recal.update(best_of(run.records, run.bn.records, calib, run.reference)[1])
+    bn_source = {
+        r: "recalibrated" if use_recal[r] else ("weights" if lm.extra.get(r) else "shared")
+        for r in chain
+    }
+    resize = _run_resize(run, lm)
+    pre = {
+        "kind": resize.kind,
+        "crop_pct": resize.crop_pct,
+        "interpolation": resize.interpolation,
+        "antialias": resize.antialias,
+        "mean": list(lm.info.mean),
+        "std": list(lm.info.std),
+        "input_size": lm.info.input_size,
+        "fast_path": run.fast_path,
+        "crop_pct_by_res": run.meta.get("crop_pct_by_res"),  # --crop-pct auto's choice
+    }
+    weights = {"name": run.weights, "source": source, "sha256": state_sha256(lm)}
+    policy = build_policy(
+        run,
+        found,
+        budget.kwargs(),
+        weights=weights,
+        preprocessing=pre,
+        bn_source=bn_source,
+        class_names=list(lm.info.class_names) if lm.info.class_names else None,
+    )
+    states = run.bn.states if run.bn is not None else None
+    out = save_policy(policy, path, states)
+    return {"policy_file": str(out), "bn": policy["bn"], "weights_sha256": weights["sha256"]}
+
+
+def stage_bn(policy: dict[str, Any], lm: LoadedModel) -> dict[int, dict[str, torch.Tensor]]:
+    """Per stage, the BN tensors to load: the weights' own per-resolution state or the sweep's
+    recalibrated statistics; a stage on the shared BN has none."""
+    recal = load_bn_states(policy)
+    out = {}
+    for r in policy["chain"]:
+        src = policy["bn"][str(r)]
+        if src == "recalibrated":
+            out[r] = {k: torch.from_numpy(np.array(v)) for k, v in recal[r].items()}
+        elif src == "weights":
+            state = lm.extra.get(r)
+            if state is None:
+                raise ReswiseError(
+                    f"the policy's {r}x{r} stage uses the weights' own BN for {r}, which these "
+                    "weights do not carry; load the weights the policy names"
+                )
+            out[r] = state
+    return out
+
+
+def stage_nets(
+    lm: LoadedModel,
+    chain: list[int],
+    bn: dict[int, dict[str, torch.Tensor]],
+    fast: bool = True,
+    device: str = "cpu",
+) -> list[nn.Module]:
+    """One eval-mode network per stage, with its BN loaded; stages on the shared BN share one.
+
+    ``fast``: BN folded into the convolutions and channels-last on CPU, as the sweep's eager
+    path runs, so the logits are the ones the records were made from.
+    """
+    shared: nn.Module | None = None
+    out = []
+    for r in chain:
+        net = lm.model
+        if r in bn:
+            net = copy.deepcopy(lm.model)
+            net.load_state_dict(bn[r], strict=False)
+        elif shared is not None:
+            out.append(shared)
+            continue
+        net = fold_for_inference(net, device == "cpu")[0] if fast else copy.deepcopy(net)
+        net = net.eval().to(device)
+        if r not in bn:
+            shared = net
+        out.append(net)
+    return out
+
+
+class AdaptiveClassifier(nn.Module):
+    """A resolution cascade over one model, built from a policy file; ``forward(images)``."""
+
+    def __init__(
+        self,
+        policy: dict[str, Any] | str | Path,
+        model: LoadedModel | None = None,
+        *,
+        device: str = "cpu",
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        policy = load_policy(policy) if isinstance(policy, (str, Path)) else policy
+        lm = load_model_for(policy, model)
+        self.policy = policy
+        self.chain = [int(r) for r in policy["chain"]]
+        self.thresholds = [float(t) for t in policy["thresholds"]]
+        self.signal = policy["signal"] or "max_softmax"
+        pre = policy["preprocessing"]
+        self.scale_shift = normalizer(tuple(pre["mean"]), tuple(pre["std"]))
+        self.channels_last = fast and device == "cpu"
+        self.stages = nn.ModuleList(stage_nets(lm, self.chain, stage_bn(policy, lm), fast, device))
+        self.device = torch.device(device)
+
+    def stage(self, i: int, images: torch.Tensor) -> torch.Tensor:
+        """Logits of stage ``i`` for native-size images: resize, normalise, run."""
+        r = self.chain[i]
+        resize = resize_policy(self.policy["preprocessing"], r)
+        # the records were resized by torch's CPU uint8 kernel; the GPU gets resized batches
+        images = images.cpu()
+        if images.dtype == torch.uint8:
+            x = to_input(resize(images, r), self.scale_shift, self.channels_last)
+        else:  # floats in [0, 1]: resized as floats, so not rounded to uint8 as the records were
+            x = to_input(resize(images * 255.0, r), self.scale_shift, self.channels_last)
+        return self.stages[i](x.to(self.device)).float()
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The policy's confidence signal, by the records' own definition."""
+        return confidence(*softmax_stats(logits), self.signal)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> AdaptiveOutput:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ReswiseError(f"images must be B x 3 x H x W, got shape {tuple(images.shape)}")
+        images = images.cpu()  # resized on the CPU, as the records were (see stage)
+        n = len(images)
+        idx = torch.arange(n)
+        logits: torch.Tensor | None = None
+        res = torch.zeros(n, dtype=torch.int64)
+        for i, r in enumerate(self.chain):
+            out = self.stage(i, images if i == 0 else images[idx])
+            if logits is None:
+                logits = out.new_empty((n, out.shape[1]))
+            if i == len(self.chain) - 1:  # the last stage answers every image still open
+                logits[idx.to(out.device)], res[idx] = out, r
+                break
+            stop = (self.scores(out) >= self.thresholds[i]).cpu()
+            logits[idx[stop].to(out.device)], res[idx[stop]] = out[stop.to(out.device)], r
+            idx = idx[~stop]
+            if len(idx) == 0:
+                break
+        assert logits is not None
+        return AdaptiveOutput(logits, res)

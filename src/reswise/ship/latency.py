@@ -1,0 +1,239 @@
+"""The time a shipped cascade saves, measured, beside the FLOPs it saves.
+
+    rows = measure_policy_latency("policy.json", "../shared/datasets/cifar10-jpeg/test")
+
+The adaptive model and the fixed reference run on the policy's held-out images (so the
+escalation rate is the real one), on the same backend with the same threads, batch by batch in
+the images' order. A call is timed from the native-size uint8 batch in to the logits out:
+resize, normalisation, every stage, the confidence signal and the gather/scatter all count.
+Backends: ``eager`` (torch, BN folded, channels-last; CPU or CUDA) and ``onnxruntime`` (the
+graphs ``reswise export --policy`` writes, run by :mod:`reswise.runtime`).
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import load_data
+from ..errors import ReswiseError
+from ..measure.evaluate import images_fingerprint
+from ..measure.inference import available_cpus, resolve_device, torch_threads
+from ..models import LoadedModel
+from .adaptive import AdaptiveClassifier, load_model_for
+from .policy_file import heldout_positions, load_policy, measured
+
+POLICY_BACKENDS = ("eager", "onnxruntime")
+
+
+def heldout_images(
+    policy: dict[str, Any], data_root: str, lm: LoadedModel
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The policy's held-out images (uint8) and labels, from ``data_root``, checked by the
+    images' fingerprint to be the ones its figures were measured on."""
+    facts = policy["images"]
+    kind = facts.get("dataset_kind") or "imagefolder"
+    cfg = SimpleNamespace(dataset=kind, data_root=data_root, split="test", limit=None,
+                          on_corrupt="skip", seed=policy["split"]["seed"])  # fmt: skip
+    data = load_data(cfg, lm)
+    if len(data) != facts["n"]:  # the sweep took a --limit subset
+        cfg.limit = facts["n"]
+        data = load_data(cfg, lm)
+    have = images_fingerprint(data)
+    if have != facts["fingerprint"]:
+        raise ReswiseError(
+            f"the images in {data_root} are not the ones the policy was measured on "
+            f"(fingerprint {have} vs {facts['fingerprint']}); pass the --data-root its sweep used"
+        )
+    held = torch.as_tensor(heldout_positions(policy))
+    images = data.get(held)
+    if isinstance(images, list):
+        raise ReswiseError("timing a cascade needs same-size images (a CIFAR-like folder)")
+    return images.contiguous(), data.labels[held].numpy()
+
+
+def fixed_policy(policy: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:
+    """The reference alone as a one-stage policy: the baseline runs through the same code."""
+    ref = int(policy["reference"])
+    src = policy["bn"].get(str(ref)) or ("weights" if lm.extra.get(ref) else "shared")
+    return {**policy, "chain": [ref], "thresholds": [], "signal": None, "bn": {str(ref): src}}
+
+
+def _time_batches(
+    fn: Callable[[Any], Any], batches: list[Any], sync: Callable[[], None]
+) -> tuple[np.ndarray, list[Any]]:
+    """Milliseconds per batch for one pass, and the outputs."""
+    times, outs = [], []
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a collection inside one timed call would be charged to that batch
+    try:
+        for b in batches:
+            sync()
+            t = time.perf_counter()
+            out = fn(b)
+            sync()
+            times.append(time.perf_counter() - t)
+            outs.append(out)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return np.asarray(times) * 1e3, outs
+
+
+def _runners(
+    backend: str, policy: dict[str, Any], lm: LoadedModel, device: str, threads: int, tmp: str
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any], Callable[[], None]]:
+    """Adaptive and fixed callables returning numpy (logits, resolution), an input converter,
+    and the device sync."""
+    if backend == "onnxruntime":
+        from .export import export_policy
+        from .runtime import OnnxCascade
+
+        export_policy(policy["path"], tmp, lm=lm)
+        runner = OnnxCascade(tmp, threads=threads)
+        ref = int(policy["reference"])
+
+        def fixed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return runner.reference(x), np.full(len(x), ref)
+
+        return runner, fixed, lambda t: t.numpy(), lambda: None
+    adaptive = AdaptiveClassifier(policy, lm, device=device)
+    base = AdaptiveClassifier(fixed_policy(policy, lm), lm, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run(net: AdaptiveClassifier) -> Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+        return lambda x: net(x)
+
+    return run(adaptive), run(base), lambda t: t, sync
+
+
+def _row(
+    policy: dict[str, Any], name: str, times: list[np.ndarray], outs: list[Any], labels: np.ndarray
+) -> dict[str, Any]:
+    logits = np.concatenate(
+        [np.asarray(o[0].cpu() if hasattr(o[0], "cpu") else o[0]) for o in outs]
+    )
+    res = np.concatenate([np.asarray(o[1].cpu() if hasattr(o[1], "cpu") else o[1]) for o in outs])
+    total = float(np.median([t.sum() for t in times]))  # ms per pass over the images
+    pooled = np.concatenate(times)
+    fig = measured(policy, logits, res, labels[: len(res)]) if name == "adaptive" else {
+        "n": len(res), "top1": float(100.0 * np.mean(logits.argmax(1) == labels[: len(res)])),
+    }  # fmt: skip
+    return {
+        "model": name,
+        "images_per_s": 1e3 * len(res) / total,
+        "pass_ms": total,
+        "p50_ms": float(np.percentile(pooled, 50)),
+        "p90_ms": float(np.percentile(pooled, 90)),
+        **fig,
+    }
+
+
+def measure_policy_latency(
+    policy_path: str,
+    data_root: str,
+    *,
+    batch_sizes: list[int] | tuple[int, ...] = (1, 64),
+    backends: tuple[str, ...] = POLICY_BACKENDS,
+    device: str = "cpu",
+    threads: int | None = None,
+    limit: int | None = None,
+    rounds: int = 2,
+    warmup: int = 5,
+) -> dict[str, Any]:
+    """Per backend and batch size: throughput, p50/p90 per batch, top-1 and share answered per
+    stage of the adaptive model and the fixed reference, and time saved beside FLOPs saved.
+
+    ``rounds`` passes over the held-out images (the first ``limit`` of them) per model,
+    interleaved fixed/adaptive; the pass time is their median. Batches are the images in order,
+    full batches only.
+    """
+    device = str(resolve_device(device))
+    bad = [b for b in backends if b not in POLICY_BACKENDS]
+    if bad or (device != "cpu" and "onnxruntime" in backends):
+        raise ReswiseError(
+            f"a policy is timed with --backend eager or onnxruntime (CPU only), not {bad or backends}"
+        )
+    if not batch_sizes or min(batch_sizes) <= 0 or rounds <= 0:
+        raise ReswiseError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    policy = load_policy(policy_path)
+    lm = load_model_for(policy)
+    images, labels = heldout_images(policy, data_root, lm)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    n_threads = threads or available_cpus()
+    rows = []
+    with torch_threads(n_threads), tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            adaptive, fixed, convert, sync = _runners(backend, policy, lm, device, n_threads, tmp)
+            for bs in batch_sizes:
+                full = (len(images) // bs) * bs
+                if full == 0:
+                    raise ReswiseError(f"batch size {bs} is more than the {len(images)} images")
+                batches = [convert(images[s : s + bs]) for s in range(0, full, bs)]
+                rows += _measure(policy, adaptive, fixed, batches, labels, sync, rounds, warmup,
+                                 {"backend": backend, "batch_size": bs})  # fmt: skip
+    return {
+        "model": policy["model"],
+        "chain": policy["chain"],
+        "signal": policy["signal"],
+        "device": device,
+        "threads": n_threads,
+        "n_images": int(len(images)),
+        "policy_heldout": policy["heldout"],
+        "rows": rows,
+    }
+
+
+def _measure(
+    policy: dict[str, Any],
+    adaptive: Callable[[Any], Any],
+    fixed: Callable[[Any], Any],
+    batches: list[Any],
+    labels: np.ndarray,
+    sync: Callable[[], None],
+    rounds: int,
+    warmup: int,
+    facts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Both models on the same batches, interleaved; the adaptive row carries the savings."""
+    with torch.inference_mode():
+        for fn in (fixed, adaptive):
+            for b in batches[:warmup]:  # allocation, kernel selection, cache fills
+                fn(b)
+        times: dict[str, list[np.ndarray]] = {"fixed": [], "adaptive": []}
+        outs: dict[str, list[Any]] = {}
+        for _ in range(rounds):
+            for name, fn in (("fixed", fixed), ("adaptive", adaptive)):
+                t, outs[name] = _time_batches(fn, batches, sync)
+                times[name].append(t)
+    fixed_row = _row(policy, "fixed", times["fixed"], outs["fixed"], labels)
+    row = _row(policy, "adaptive", times["adaptive"], outs["adaptive"], labels)
+    row["time_saved_pct"] = 100.0 * (1.0 - row["pass_ms"] / fixed_row["pass_ms"])
+    return [{**facts, **fixed_row, "resolution": int(policy["reference"])}, {**facts, **row}]
+
+
+def format_policy_latency(result: dict[str, Any]) -> str:
+    """Markdown table: one row per backend, batch size and model, savings on the adaptive row."""
+    head = (
+        "| backend | batch | model | images/s | p50 ms/batch | p90 ms/batch | top-1 % "
+        "| answered per stage % | time saved % | FLOPs saved % |"
+    )
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in result["rows"]:
+        adaptive = r["model"] == "adaptive"
+        name = f"adaptive {result['chain']}" if adaptive else f"fixed {r.get('resolution', '')}"
+        shares = " / ".join(f"{s:.1f}" for s in r["stage_share_pct"]) if adaptive else ""
+        saved = f"{r['time_saved_pct']:.1f} | {r['flops_drop_pct']:.1f}" if adaptive else " | "
+        lines.append(
+            f"| {r['backend']} | {r['batch_size']} | {name} | {r['images_per_s']:.0f} "
+            f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['top1']:.2f} | {shares} | {saved} |"
+        )
+    return "\n".join(lines)
