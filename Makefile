@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 SHARED  ?= ../shared
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean
+.PHONY: venv run test lint format bench docs clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m venv $(VENV)
@@ -37,5 +37,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 
+# The documentation site (docs/, mkdocs.yml) into site/; strict: a broken link or image fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

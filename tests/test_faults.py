@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def test_two_writers_on_one_out_the_second_is_refused(capsys, tmp_path, ckpt, ti
 def test_unwritable_or_file_out_is_refused_before_any_work(
     capsys, tmp_path, ckpt, tiny_folder, monkeypatch
 ):
-    from reswise import pipeline
+    from reswise.pipeline import sweep as pipeline
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before --out was checked")
@@ -196,20 +197,38 @@ def test_failed_progress_saves_warn_and_the_run_still_finishes(tmp_path, tiny_fo
     assert res.n == 18 and not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One clean sweep that every stopped-and-resumed run is compared with (shared: it is the
+    same run for every signal)."""
+    import torch
+
+    from reswise.models.cifar_resnet import CifarResNet
+
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    torch.manual_seed(0)
+    torch.save(CifarResNet(20).state_dict(), tmp / "r20.pt")
+    argv = [sys.executable, "-m", "reswise"]
+    argv += _sweep_argv(tmp / "r20.pt", CIFAR_JPEG / "test", tmp / "unused")[:-4]  # no --out
+    argv += ["--limit", "1500", "--batch-size", "50", "--threads", "1", "--no-progress"]
+    # one cache for all these runs: --backend auto's timed choice is cached there, so the
+    # resumed runs use the backend the clean run used (another backend rounds differently)
+    env = {**os.environ, "RESWISE_CACHE": str(tmp / "cache")}
+    clean = subprocess.run([*argv, "--out", str(tmp / "clean")], capture_output=True, env=env)
+    assert clean.returncode == 0, clean.stderr
+    return argv, tmp / "clean", env
+
+
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, ckpt, how):
-    argv = [sys.executable, "-m", "reswise"]
-    argv += _sweep_argv(ckpt, CIFAR_JPEG / "test", tmp_path / "unused")[:-4]  # no --out, --json
-    argv += ["--limit", "1500", "--batch-size", "50", "--threads", "1", "--no-progress"]
-    clean = subprocess.run([*argv, "--out", str(tmp_path / "clean")], capture_output=True)
-    assert clean.returncode == 0, clean.stderr
+def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, uninterrupted, how):
+    argv, clean, env = uninterrupted
     out = tmp_path / "stopped"
     run = [*argv, "--out", str(out), "--save-every-s", "0"]
     # a test run started in the background of a non-interactive shell inherits SIGINT ignored,
     # and so would the sweep: give it the default disposition, as a terminal would
-    p = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not (out / "progress.npz").is_file() and time.time() < deadline:
@@ -218,9 +237,9 @@ def test_killed_interrupted_terminated_sweeps_resume_bit_identical(tmp_path, ckp
     _, err = p.communicate(timeout=120)
     assert p.returncode != 0 and "Traceback" not in err, err
     assert (out / "progress.npz").is_file()
-    again = subprocess.run(run, capture_output=True, text=True)
+    again = subprocess.run(run, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr
-    a, b = reswise.load_run(tmp_path / "clean").records, reswise.load_run(out).records
+    a, b = reswise.load_run(clean).records, reswise.load_run(out).records
     np.testing.assert_array_equal(a.topk_prob, b.topk_prob)
     np.testing.assert_array_equal(a.entropy, b.entropy)
 

@@ -109,3 +109,68 @@ def test_crop_chosen_runs_are_reported_on_their_heldout_part_only(tmp_path, caps
     d = json.loads(capsys.readouterr().out)
     assert d["budget"]["budget_flops"] == 8e8 and d["n"] == len(held)
     assert (tmp_path / "f" / "frontier.png").stat().st_size > 0
+
+
+def test_points_at_100_and_0_percent_have_cis_that_hold_them(tmp_path):
+    """Wilson's interval at n of n (or 0 of n) landed a hair off 100 (or 0) in floating point,
+    outside the point itself: the plot then got negative error bars and a traceback."""
+    _run("perfect", [(224, 1.0, 385e6), (112, 1.0, 107e6)], 4, tmp=tmp_path)
+    _run("hopeless", [(260, 0.0, 860e6), (160, 0.0, 295e6)], 6, tmp=tmp_path)
+    f = pareto_front([SweepResult.load(tmp_path / m) for m in ("perfect", "hopeless")])
+    for p in f.to_dict()["points"]:
+        lo, hi = p["top1_ci"]
+        assert 0.0 <= lo <= p["top1"] <= hi <= 100.0
+        assert (hi == 100.0) if p["top1"] == 100.0 else (lo == 0.0)
+    out = tmp_path / "f"
+    argv = ["frontier", "--from", str(tmp_path / "perfect"), "--from", str(tmp_path / "hopeless"),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[99.0, 100.0]" in (out / "frontier.md").read_text()
+
+
+def _two_runs(tmp_path):
+    _run("a", [(224, 0.9, 385e6)], 4, tmp=tmp_path)
+    _run("b", [(260, 0.9, 860e6)], 6, tmp=tmp_path)
+    return ["frontier", "--from", str(tmp_path / "a"), "--from", str(tmp_path / "b")]
+
+
+def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        # a run that does not exist: the --out check comes first, so it is the one named
+        argv = ["frontier", "--from", str(tmp_path / "missing"), "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--out {out}" in err and "missing" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_read_only_out_is_refused(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder; the write-failure test covers the path")
+    argv = _two_runs(tmp_path)
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert main([*argv, "--out", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not writable" in err and not list((tmp_path / "ro").iterdir())
+
+
+def test_a_write_that_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    """What a full disk (or a folder that turns read-only once checked) does: every file is
+    written atomically, and the failure is a one-line error naming --out."""
+    import errno
+
+    import reswise.choose.frontier as frontier
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv = _two_runs(tmp_path)
+    monkeypatch.setattr(frontier, "write_atomic", full_disk)
+    assert main([*argv, "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "No space left" in err and f"--out {tmp_path / 'f'}" in err
+    assert not list((tmp_path / "f").iterdir())

@@ -132,7 +132,7 @@ def test_fast_path_keeps_results_within_005_points():
 def test_shared_resnet56_scores_the_measured_8320_on_the_jpeg_copy():
     data = load_dataset("imagefolder", CIFAR_JPEG / "test")
     assert len(data) == 10000
-    res = sweep(create_model("cifar_resnet56", pretrained=True), data, [32])
+    res = sweep(create_model("cifar_resnet56", pretrained=True), data, [32], backend="onnxruntime")
     assert res.rows[0]["top1"] == pytest.approx(83.20, abs=0.05)
 
 
@@ -185,7 +185,8 @@ def test_reswise_trained_weights_score_what_their_cards_say():
             if not w.tag.startswith("reswise"):
                 continue
             lm = create_model(name, pretrained=w.tag)
-            rows = sweep(lm, data, [32, 20]).rows
+            # ONNX Runtime: the same predictions as eager (test_backends) in ~3/4 of the time
+            rows = sweep(lm, data, [32, 20], backend="onnxruntime").rows
             top[name, w.tag] = {row["resolution"]: row["top1"] for row in rows}
             # BN folding and bf16-free inference shift a handful of images at most
             assert top[name, w.tag][32] == pytest.approx(w.top1, abs=0.05), (name, w.tag)

@@ -131,7 +131,7 @@ def compare_policies(
 
     ``add`` holds runs of other models on the same images (checked by their fingerprint).
     """
-    from .compare import compare, compare_plot, compare_table
+    from .compare import compare, compare_plot, compare_table, run_name
 
     _check_bn_split(run, budget.calib_frac, budget.seed)
     for label, other in (add or {}).items():
@@ -145,6 +145,7 @@ def compare_policies(
         records_bn=records_bn,
         max_len=max_len,
         extras=extras,
+        names={"": run_name(run), **{label: run_name(r) for label, r in (add or {}).items()}},
         **budget.kwargs(),
     )
     if out is not None:

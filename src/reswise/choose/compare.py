@@ -3,6 +3,8 @@
 Rows: fixed resolutions, random resolution, the selected resolution, BN-recalibrated fixed
 resolutions and selection, the confidence cascade (plain and over recalibrated passes) and the
 oracle bound. Everything that chooses, chooses on the calibration part of the seeded split.
+Rows name the run they come from by model and weights (``run_name``): runs of one model with
+other weights look alike otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReswiseError
-from ..records import Records
+from ..records import Records, SweepResult
 from ..records.stats import drop_summary
 from .policies import (
     CascadeResult,
@@ -28,6 +30,19 @@ from .policies import (
 )
 from .policies.results import Result
 from .policies.split import flops_drop_pct
+
+
+def weights_name(run: SweepResult) -> str:
+    """The weights a run was made with, short: a model's own weights by their tag
+    ("reswise_jpeg" of "cifar_resnet20.reswise_jpeg"), else the checkpoint path or "random init"."""
+    name = run.weights.split(" + ")[0]  # not "+ per-resolution BN statistics for [...]"
+    return name[len(run.model) + 1 :] if name.startswith(f"{run.model}.") else name
+
+
+def run_name(run: SweepResult) -> str:
+    """The model and its weights, e.g. "cifar_resnet20 (reswise_jpeg)": what tells two runs
+    of one model apart in a table."""
+    return f"{run.model} ({weights_name(run)})"
 
 
 def best_of(
@@ -133,8 +148,13 @@ def compare(
     records_bn: Records | None = None,
     max_len: int = 3,
     extras: dict[str, Records] | None = None,
+    names: dict[str, str] | None = None,
 ) -> CompareResult:
-    """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci."""
+    """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci.
+
+    ``names``: the run each row comes from (``run_name``), keyed "" for ``records`` and by
+    label for ``extras``; given, every row carries it as ``run`` and the table shows it.
+    """
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
     ref_held = records.correct(reference)[held]
     budget = {"max_drop": max_drop, "confidence": confidence, "calib_frac": calib_frac,
@@ -154,10 +174,12 @@ def compare(
         sel_bn, cas_bn, chosen = _choose(merged, flops, reference, budget, max_len, suffix=" + BN")
         rows += chosen
     rows.append(_oracle_row(records, flops, reference, held, "oracle (uses labels)"))
+    _name_rows(rows, 0, names, "")
     extra_sel: dict[str, SelectResult] = {}
     extra_cas: dict[str, CascadeResult] = {}
     for label, rec in (extras or {}).items():
         _check_run(label, rec, records, flops, reference)
+        first = len(rows)
         # drops of another model (adapted, multi-resolution trained) are against its own reference
         others = [r for r in rec.resolutions if r != reference]
         rows += _fixed_rows(
@@ -167,6 +189,7 @@ def compare(
             rec, flops, reference, budget, max_len, prefix=f"{label} ", held=held
         )
         rows += chosen
+        _name_rows(rows, first, names, label)
     return CompareResult(
         selected=sel, cascade=cas, selected_bn=sel_bn, cascade_bn=cas_bn, bn_used=use,
         extra_selected=extra_sel, extra_cascade=extra_cas, reference=reference,
@@ -175,15 +198,34 @@ def compare(
     )  # fmt: skip
 
 
+def _name_rows(rows: list[dict[str, Any]], first: int, names: dict[str, str] | None,
+               key: str) -> None:  # fmt: skip
+    """Rows from ``first`` on come from the run ``names[key]``."""
+    if names is None:
+        return
+    if key not in names:
+        raise ReswiseError(
+            f"no run name for '{key or 'the main run'}' in names {sorted(names)}; name the main "
+            'run (key "") and every label of extras'
+        )
+    for r in rows[first:]:
+        r["run"] = names[key]
+
+
 def compare_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per policy; a Run column (model and weights) when rows name theirs."""
+    named = all("run" in r for r in rows)
     lines = [
-        "| Policy | Detail | FLOPs Drop (%) | Accuracy Drop (%) | 95% CI | Top-1 (%) |",
-        "|--------|--------|----------------|-------------------|--------|-----------|",
+        ("| Run " if named else "")
+        + "| Policy | Detail | FLOPs Drop (%) | Accuracy Drop (%) | 95% CI | Top-1 (%) |",
+        ("|-----" if named else "")
+        + "|--------|--------|----------------|-------------------|--------|-----------|",
     ]
     for r in rows:
         lo, hi = r["acc_drop_ci"]
-        lines.append(f"| {r['policy']} | {r['detail']} | {r['flops_drop_pct']:.2f} | "
-                     f"{r['acc_drop_pct']:.2f} | [{lo:.2f}, {hi:.2f}] | {r['top1']:.2f} |")  # fmt: skip
+        cells = [r["policy"], r["detail"], f"{r['flops_drop_pct']:.2f}"]
+        cells += [f"{r['acc_drop_pct']:.2f}", f"[{lo:.2f}, {hi:.2f}]", f"{r['top1']:.2f}"]
+        lines.append("| " + " | ".join([r["run"], *cells] if named else cells) + " |")
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@
     front = reswise.pareto_front(runs, budget_flops=8e8)
     print(front.table())
 
-Every (model, resolution, crop) of runs on the same images is a point; the front keeps the
-points no cheaper point beats. All comparisons are paired (the same images on both sides), so
+Every (model, weights, resolution, crop) of runs on the same images is a point; the front
+keeps the points no cheaper point beats. All comparisons are paired (the same images on both sides), so
 their CIs are those of the per-image difference (``reswise.records.stats``). When a run chose its crops
 on a calibration split (``--crop-pct auto``), every figure is measured on that split's held-out
 part only, so the choice does not flatter it. numpy and matplotlib only.
@@ -13,6 +13,7 @@ part only, so the choice does not flatter it. numpy and matplotlib only.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,11 +24,18 @@ import numpy as np
 
 from ..errors import ReswiseError
 from ..records import SweepResult, jsonable, write_atomic
+from ..records.rundir import check_writable
 from ..records.stats import paired_drop_ci, wilson
 from .choices import check_same_images
+from .compare import weights_name
 from .policies.split import calib_heldout_split
 
 MATCH = 0.05  # two points "cost the same" within 5 % of FLOPs
+
+
+def top1_ci(correct: np.ndarray) -> tuple[float, float]:
+    """Wilson 95% CI of top-1 in percent (exact at 0 of n and n of n)."""
+    return wilson(int(correct.sum()), len(correct))
 
 
 @dataclass
@@ -39,26 +47,37 @@ class Point:
     params: int
     correct: np.ndarray  # bool per image of the reported part
     on_front: bool = False
+    weights: str = ""  # short name: the model's weights tag, a checkpoint path or "random init"
+    weights_sha256: str | None = None  # None: a run swept before runs recorded it
+    name: str = ""  # the model, with its weights when the runs hold it with other weights too
 
     @property
     def top1(self) -> float:
         return 100.0 * float(self.correct.mean())
 
     @property
+    def series(self) -> str:
+        """The model and weights this point is one resolution of."""
+        return self.name or self.model
+
+    @property
     def label(self) -> str:
         crop = "" if self.crop_pct is None else f", crop {self.crop_pct:.3g}"
-        return f"{self.model} @ {self.resolution}{crop}"
+        return f"{self.series} @ {self.resolution}{crop}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "name": self.series,
             "resolution": self.resolution,
             "crop_pct": self.crop_pct,
             "flops": self.flops,
             "macs": self.flops // 2,
             "params": self.params,
             "top1": self.top1,
-            "top1_ci": list(wilson(int(self.correct.sum()), len(self.correct))),
+            "top1_ci": list(top1_ci(self.correct)),
             "on_front": self.on_front,
         }
 
@@ -106,12 +125,13 @@ class Frontier:
             f"Top-1 on {self.part} (n = {self.n}); CIs are paired 95% intervals of the "
             "difference to the previous point on the front.",
             "",
-            "| model | resolution | crop | MMACs | top-1 (%) | 95% CI | front | vs previous front "
-            "point (points) |",
-            "|---|---:|---:|---:|---:|---|:---:|---|",
+            "| model | weights | resolution | crop | MMACs | top-1 (%) | 95% CI | front "
+            "| vs previous front point (points) |",
+            "|---|---|---:|---:|---:|---:|---|:---:|---|",
         ]
         for p in self.points:
-            lo, hi = wilson(int(p.correct.sum()), len(p.correct))
+            lo, hi = top1_ci(p.correct)
+            sha = f" ({p.weights_sha256[:8]})" if p.weights_sha256 else ""
             crop = "-" if p.crop_pct is None else f"{p.crop_pct:.3g}"
             d = vs.get(p.label)
             cmp = ""
@@ -119,8 +139,9 @@ class Frontier:
                 same = "" if d["distinguishable"] else ", not distinguishable"
                 cmp = f"{d['diff']:+.1f} [{d['diff_ci'][0]:+.1f}, {d['diff_ci'][1]:+.1f}]{same}"
             lines.append(
-                f"| {p.model} | {p.resolution} | {crop} | {p.flops / 2e6:.1f} | {p.top1:.1f} | "
-                f"[{lo:.1f}, {hi:.1f}] | {'*' if p.on_front else ''} | {cmp} |"
+                f"| {p.model} | {p.weights}{sha} | {p.resolution} | {crop} | "
+                f"{p.flops / 2e6:.1f} | {p.top1:.1f} | [{lo:.1f}, {hi:.1f}] | "
+                f"{'*' if p.on_front else ''} | {cmp} |"
             )
         if self.matched:
             lines += ["", "Equal FLOPs (within 5 %), bigger model minus smaller one:", ""]
@@ -167,15 +188,34 @@ def reported_part(runs: list[SweepResult]) -> tuple[np.ndarray, str]:
     return held, f"the held-out part ({split['calib_frac']:.0%} calibration, seed {split['seed']})"
 
 
+def _names(runs: list[SweepResult]) -> list[str]:
+    """Per run, what its points are called: the model, or "model (weights)" when the runs hold
+    the model with other weights too (and the sha256's start when those have the same name)."""
+
+    def key(run: SweepResult) -> str:  # the weights' values where recorded, else their name
+        return run.meta.get("weights_sha256") or run.weights
+
+    names = []
+    for run in runs:
+        others = [r for r in runs if r.model == run.model and key(r) != key(run)]
+        name = f"{run.model} ({weights_name(run)})" if others else run.model
+        if any(weights_name(r) == weights_name(run) for r in others):
+            sha = run.meta.get("weights_sha256")
+            name = f"{name[:-1]}, sha256 {sha[:8] if sha else 'not recorded'})"
+        names.append(name)
+    return names
+
+
 def _points(runs: list[SweepResult], part: np.ndarray) -> list[Point]:
     points = []
-    for run in runs:
+    for run, name in zip(runs, _names(runs), strict=True):
         for i, r in enumerate(run.records.resolutions):
             row = next(x for x in run.rows if x["resolution"] == r)
             correct = run.records.correct(r)[part]
-            points.append(
-                Point(run.model, r, _crop_of(run, i), int(row["flops"]), row["params"], correct)
-            )
+            p = Point(run.model, r, _crop_of(run, i), int(row["flops"]), row["params"], correct)
+            p.weights, p.name = weights_name(run), name
+            p.weights_sha256 = run.meta.get("weights_sha256")
+            points.append(p)
     return sorted(points, key=lambda p: (p.flops, -p.top1))
 
 
@@ -191,7 +231,7 @@ def _matched(points: list[Point], tol: float = MATCH) -> list[dict[str, Any]]:
     out = []
     for i, a in enumerate(points):
         for b in points[i + 1 :]:
-            if a.model == b.model or abs(a.flops - b.flops) > tol * max(a.flops, b.flops):
+            if a.series == b.series or abs(a.flops - b.flops) > tol * max(a.flops, b.flops):
                 continue
             big, small = (a, b) if a.params >= b.params else (b, a)
             d = compare(big, small)
@@ -256,13 +296,15 @@ def frontier_plot(result: Frontier, path: str | Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
-    for model in dict.fromkeys(p.model for p in result.points):
-        pts = sorted((p for p in result.points if p.model == model), key=lambda p: p.flops)
+    for series in dict.fromkeys(p.series for p in result.points):
+        pts = sorted((p for p in result.points if p.series == series), key=lambda p: p.flops)
         xs = [p.flops / 2e6 for p in pts]
         ys = [p.top1 for p in pts]
-        cis = [wilson(int(p.correct.sum()), len(p.correct)) for p in pts]
-        yerr = [[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]]
-        ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=2, label=model, alpha=0.85)
+        cis = [top1_ci(p.correct) for p in pts]
+        # top1_ci holds the point; max() keeps an interval that did not from being a traceback
+        yerr = [[max(y - c[0], 0.0) for y, c in zip(ys, cis)],
+                [max(c[1] - y, 0.0) for y, c in zip(ys, cis)]]  # fmt: skip
+        ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=2, label=series, alpha=0.85)
         for p, x, y in zip(pts, xs, ys):
             ax.annotate(str(p.resolution), (x, y), textcoords="offset points", xytext=(3, -10),
                         fontsize=7)  # fmt: skip
@@ -275,18 +317,32 @@ def frontier_plot(result: Frontier, path: str | Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    buf = io.BytesIO()  # rendered in memory, then written atomically: never half a PNG
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    write_atomic(Path(path), buf.getvalue())
 
 
 def write_frontier(result: Frontier, out: str | Path, title: str) -> dict[str, str]:
-    """frontier.md, frontier.json and frontier.png into ``out``."""
+    """frontier.md, frontier.json and frontier.png into ``out``, each written atomically.
+
+    ``reswise frontier`` checks ``out`` is writable before it works (``check_writable``); a
+    write that still fails (full disk) is a one-line error naming the folder.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     files = {k: out / f"frontier.{k}" for k in ("md", "json", "png")}
     text = f"# reswise frontier\n\n{result.table()}\n\n![frontier](frontier.png)\n"
-    write_atomic(files["md"], text.encode())
     body = json.dumps(result.to_dict(), indent=1, default=jsonable) + "\n"
-    write_atomic(files["json"], body.encode())
-    frontier_plot(result, files["png"], title)
+    try:
+        frontier_plot(result, files["png"], title)
+        write_atomic(files["json"], body.encode())
+        write_atomic(files["md"], text.encode())
+    except OSError as e:
+        raise ReswiseError(
+            f"cannot write the frontier into --out {out} ({e.strerror or e}); free space or "
+            "give another --out"
+        ) from None
     return {k: str(v) for k, v in files.items()}

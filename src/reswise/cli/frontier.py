@@ -11,7 +11,8 @@ from .common import add_json
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "frontier", help="accuracy-vs-FLOPs Pareto front over (model, resolution, crop) of runs"
+        "frontier",
+        help="accuracy-vs-FLOPs Pareto front over (model, weights, resolution, crop) of runs",
     )
     p.add_argument(
         "--from",
@@ -44,10 +45,14 @@ def flops_value(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
     from ..choose.frontier import pareto_front, write_frontier
     from ..records import SweepResult
     from ..records.report import dataset_label
+    from ..records.rundir import check_writable
 
+    check_writable(Path(args.out))  # before any work: not after the runs are read and compared
     runs = []
     for d in args.from_runs:
         r = SweepResult.load(d)

@@ -33,7 +33,7 @@ def _one_line(message: Warning | str, category: type[Warning], *args: object, **
 
 def main(argv: list[str] | None = None) -> int:
     # Threads that wait for work sleep instead of spinning: with another busy process on a
-    # small machine, spinning OpenMP threads fight over the cores (README: under contention).
+    # small machine, spinning OpenMP threads fight over the cores (docs/speed.md: under contention).
     # Only effective before torch is imported, which this module does not do.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except ReswiseError as e:
         print(f"reswise: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written: the environment, not a bug
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"reswise: error: cannot use{where} ({e.strerror or e}); free space, fix the "
+            "permissions or give another path",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("reswise: interrupted; rerun the same command to resume", file=sys.stderr)

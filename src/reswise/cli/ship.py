@@ -63,22 +63,13 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
+    from ..pipeline import export_policy_checked
 
-    from ..data import load_dataset
-    from ..ship.export import export_policy
-    from ..ship.policy_file import load_policy
-
-    images = None
-    root = args.check_root or load_policy(args.policy)["images"]["dataset"]
-    if root and Path(root).is_dir():
-        import torch
-
-        data = load_dataset("imagefolder", root, limit=args.check_size, seed=0)
-        images = data.get(torch.arange(len(data)))
-        if isinstance(images, list):
-            images = None  # variable sizes: the graphs take one native size
-    out = export_policy(args.policy, args.out, check_images=images, opset=args.opset)
+    out = export_policy_checked(
+        args.policy, args.out, check_root=args.check_root, check_size=args.check_size,
+        opset=args.opset,
+    )  # fmt: skip
+    images, root = out.get("n_check_images"), out.get("check_root")
     if not args.json:
         print(
             f"wrote {', '.join(f['file'] for f in out['files'].values())} and policy.json to {out['out']}"

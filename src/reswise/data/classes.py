@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -105,12 +105,30 @@ def _by_name(dataset: Dataset, class_names: Sequence[str]) -> list[int]:
     return [int(i) for i in index if i is not None]
 
 
+def _refuse_repeated_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A json ``object_pairs_hook``: JSON keeps the last of two equal keys, so a folder listed
+    twice would silently take its second class."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ReswiseError(
+                    f"class map {path} gives folder '{key}' twice ({out[key]!r} and {value!r}); "
+                    "keep one entry per folder"
+                )
+            out[key] = value
+        return out
+
+    return hook
+
+
 def _read_map(class_map: ClassMap) -> tuple[dict[str, str | int], str]:
     if isinstance(class_map, Mapping):
         return dict(class_map), "the class map given"
     path = Path(class_map)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys(path))
     except OSError as e:
         raise ReswiseError(
             f"class map {path} cannot be read ({e.strerror or e}); check the path"
@@ -158,7 +176,25 @@ def _by_map(
                 f"use {valid}"
             )
         index.append(i)
+    _refuse_merged(dataset.classes, index, class_names, where)
     return index, f"labels mapped by {where} ({len(index)} folders)"
+
+
+def _refuse_merged(
+    folders: Sequence[str], index: list[int], class_names: Sequence[str] | None, where: str
+) -> None:
+    """Two folders mapped to one class: labels merged behind the user's back, and a typo in
+    the map quietly counted as the model's errors (such a map was taken, and a 90.00 % model
+    scored 80.25 % on CIFAR-10)."""
+    seen: dict[int, str] = {}
+    for folder, i in zip(folders, index, strict=True):
+        if i in seen:
+            name = f" ('{class_names[i]}')" if class_names is not None else ""
+            raise ReswiseError(
+                f"{where} maps folders '{seen[i]}' and '{folder}' both to class {i}{name}; give "
+                "each folder its own class, or merge the two folders into one first"
+            )
+        seen[i] = folder
 
 
 def align_labels(

@@ -1,9 +1,10 @@
 """Reading image files one by one or in batches, with every way a file can be bad turned into a
-one-line reason: corrupt bytes, symbolic-link loops, dangling links, decompression bombs.
+one-line reason: corrupt bytes, symbolic-link loops, dangling links, decompression bombs,
+pixels with no one 8-bit reading.
 
-An image over PIL's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89 M pixels by default) is
-refused by its header size before any pixel is decoded: PIL itself only warns up to twice the
-limit and then decodes, a 500 MB allocation for a 13 500 x 13 500 image.
+Pixels come from :func:`reswise.data.pixels.rgb8` (numpy + Pillow), the decoder the torch-free
+runtime uses too, so a sweep and a shipped cascade see the same pixels; the size check against
+decompression bombs lives there as well (:func:`reswise.data.pixels.open_image`).
 """
 
 from __future__ import annotations
@@ -12,86 +13,32 @@ import errno
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from .pixels import (
+    READ_ERRORS,
+    ImageTooLarge,
+    UnsupportedPixels,
+    open_image,
+    quiet_bomb_warnings,
+    read_rgb8,
+    rgb8,
+)
 
 SMALL_PIXELS = 128 * 128  # the batched, one-tensor path holds images up to this size
-# what reading a bad file raises: PIL's own (SyntaxError, EOFError for truncated data) included
-READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError)
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-class ImageTooLarge(ValueError):
-    """An image over PIL's decompression-bomb pixel limit."""
-
-    def __init__(self, size: tuple[int, int] | None, pixels: int | None = None):
-        what = f"{size[0]} x {size[1]}" if size else f"{pixels or 'too many'}"
-        super().__init__(f"image too large: {what} pixels")
-
-
-def _check_size(size: tuple[int, int]) -> None:
-    limit = Image.MAX_IMAGE_PIXELS  # read each time: callers may change it, as PIL documents
-    if limit is not None and size[0] * size[1] > limit:
-        raise ImageTooLarge(size)
-
-
-def _header_size(path: str) -> tuple[int, int] | None:
-    """The size a file's header claims, read the way ``Image.open`` does but without its bomb
-    check (which raises before the size can be seen)."""
-    Image.init()
-    with open(path, "rb") as fp:
-        prefix = fp.read(16)
-        for fmt in Image.ID:
-            factory, accept = Image.OPEN[fmt]
-            ok = not accept or accept(prefix)
-            if not ok or isinstance(ok, str):
-                continue
-            try:
-                fp.seek(0)
-                return tuple(factory(fp, path).size)  # type: ignore[return-value]
-            except Exception:  # any plugin may fail on another format's bytes
-                continue
-    return None
-
-
-def open_image(path: str) -> Image.Image:
-    """Open a file lazily (header only); raise :class:`ImageTooLarge` over the pixel limit."""
-    try:
-        im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(_header_size(path)) from None
-    try:
-        _check_size(im.size)
-    except ImageTooLarge:
-        im.close()
-        raise
-    return im
-
-
-@contextmanager
-def quiet_bomb_warnings() -> Iterator[None]:
-    """PIL's warning is redundant under :func:`open_image`'s own check. Single-threaded callers
-    only: ``warnings.catch_warnings`` is process-wide state."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
-
-
 def decode_image(path: str) -> torch.Tensor:
-    """Decode one file to a ``3 x H x W`` uint8 RGB tensor (PIL, as torchvision's ImageFolder)."""
-    with open_image(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    """Decode one file to a ``3 x H x W`` uint8 RGB tensor (:func:`reswise.data.pixels.rgb8`)."""
+    return torch.from_numpy(read_rgb8(path)).permute(2, 0, 1)
 
 
 def describe_failure(path: str, e: BaseException) -> str:
     """One line saying why ``path`` could not be read."""
-    if isinstance(e, ImageTooLarge):
+    if isinstance(e, (ImageTooLarge, UnsupportedPixels)):
         return str(e)
     if isinstance(e, OSError) and e.errno == errno.ELOOP:
         return "symbolic link loop"
@@ -107,12 +54,13 @@ def decode_checked(path: str) -> tuple[torch.Tensor | None, str]:
         return None, describe_failure(path, e)
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's start-of-frame marker, or None when it has none in order."""
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, colour components) from a JPEG's start-of-frame marker, or None when it
+    has none in order."""
     if bytes(data[:2]) != b"\xff\xd8":
         return None
     i, n = 2, len(data)
-    while i + 9 <= n:
+    while i + 10 <= n:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -122,7 +70,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
             i += 2
         elif marker in _SOF:
             h = int.from_bytes(bytes(data[i + 5 : i + 7]), "big")
-            return int.from_bytes(bytes(data[i + 7 : i + 9]), "big"), h
+            return int.from_bytes(bytes(data[i + 7 : i + 9]), "big"), h, int(data[i + 9])
         elif marker in (0xD9, 0xDA):  # end of image / scan data before any frame header
             return None
         else:
@@ -131,7 +79,9 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _read_small_jpeg(path: str) -> torch.Tensor | None:
-    """The file's bytes when its header says it is a small JPEG (safe to batch-decode)."""
+    """The file's bytes when its header says it is a small grayscale or YCbCr JPEG (safe to
+    batch-decode). Four-component (CMYK, YCCK) JPEGs go to Pillow: its inversion of Adobe CMYK
+    is the reference the runtime shares, and libjpeg's conversion is not promised to match it."""
     from torchvision.io import read_file
 
     try:
@@ -139,8 +89,10 @@ def _read_small_jpeg(path: str) -> torch.Tensor | None:
     except (RuntimeError, OSError):
         return None
     # the frame header sits after the APP segments (EXIF, ICC): 64 kB covers small images'
-    size = jpeg_size(data[:65536].numpy().tobytes())
-    return data if size is not None and size[0] * size[1] <= SMALL_PIXELS else None
+    frame = jpeg_frame(data[:65536].numpy().tobytes())
+    if frame is None or frame[2] not in (1, 3):
+        return None
+    return data if frame[0] * frame[1] <= SMALL_PIXELS else None
 
 
 def decode_many(paths: list[str]) -> list[tuple[torch.Tensor | None, str]]:
@@ -160,7 +112,7 @@ def decode_many(paths: list[str]) -> list[tuple[torch.Tensor | None, str]]:
         part, data = [], []
         try:
             # torchvision 0.29 deprecates its decoders for torchcodec and warns on every call;
-            # they are still the fastest batched CPU JPEG path here, so say it once (README)
+            # they are still the fastest batched CPU JPEG path here, so say it once (docs/datasets.md)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 for i in jpegs[start : start + 4096]:
@@ -206,13 +158,20 @@ def files_key(paths: list[str]) -> str:
 
 
 def check_paths(paths: list[str]) -> tuple[list[int], list[tuple[str, str]]]:
-    """Open (header only) and verify every file: (indices of good files, [(bad path, why)])."""
+    """Open (header only) and verify every file: (indices of good files, [(bad path, why)]).
+
+    Float and 32-bit integer images (rare) are decoded here instead, so pixels :func:`rgb8`
+    refuses are skipped and counted now, not met mid-sweep.
+    """
     good, skipped = [], []
     with quiet_bomb_warnings():
         for i, p in enumerate(paths):
             try:
                 with open_image(p) as im:
-                    im.verify()
+                    if im.mode in ("F", "I"):
+                        rgb8(im)
+                    else:
+                        im.verify()
                 good.append(i)
             except READ_ERRORS as e:
                 skipped.append((p, describe_failure(p, e)))

@@ -4,7 +4,7 @@
     logits = runner(x)  # float NCHW in, float logits out, whatever the backend
 
 The sweep spends ~95 % of its time in the forward, and on a small CPU eager torch leaves much
-of the machine unused (README: backends). Every backend gets the same module (BN folded) and
+of the machine unused (docs/speed.md). Every backend gets the same module (BN folded) and
 the same input; predictions are tested to agree with eager fp32 per backend on real images.
 Exported graphs and inductor's compiled code are cached in ``<cache>/backends`` and
 ``<cache>/inductor`` (``$RESWISE_CACHE``, default ``~/.cache/reswise``), so a second run pays

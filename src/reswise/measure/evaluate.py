@@ -31,7 +31,7 @@ from .inference import (
     fold_for_inference,
     resolve_device,
 )
-from .progress import Progress, config_key, weights_digest
+from .progress import Progress, config_key, weights_digest, weights_sha256
 
 
 def images_fingerprint(dataset: Dataset) -> str:
@@ -134,13 +134,23 @@ def sweep(
         records=records,
         skipped=list(getattr(dataset, "skipped", [])),
         fast_path=fast_desc,
-        meta={
-            "images_fingerprint": images_fingerprint(dataset),
-            "backend_by_res": {str(r): nets[r].backend for r in resolutions},
-        },
+        meta=_meta(model, net, dataset, {r: nets[r].backend for r in resolutions}),
         timings=_timings(t0, setup_s, seconds),
     )
     return result
+
+
+def _meta(
+    model: nn.Module | LoadedModel, net: nn.Module, dataset: Dataset, backends: dict[int, str]
+) -> dict[str, Any]:
+    """Which images and which weights (by the sha256 policy files check weights by, so a
+    policy is matched to its run without loading the weights), and the backend per r."""
+    extra = model.extra.per_resolution if isinstance(model, LoadedModel) else None
+    return {
+        "images_fingerprint": images_fingerprint(dataset),
+        "weights_sha256": weights_sha256(net, extra),
+        "backend_by_res": {str(r): b for r, b in backends.items()},
+    }
 
 
 def _timings(t0: float, setup_s: float, seconds: np.ndarray) -> dict[str, Any]:

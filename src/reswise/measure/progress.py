@@ -35,6 +35,27 @@ def weights_digest(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_sha256(
+    net: nn.Module, per_resolution: dict[int, dict[str, torch.Tensor]] | None = None
+) -> str:
+    """sha256 of the weights' values: the state_dict and any per-resolution state they carry.
+
+    The definition a policy file checks weights by (``reswise.ship.adaptive.state_sha256``), so
+    a run that records it can be matched to its policies without loading the weights again.
+    Not :func:`weights_digest`: that one (sha1, no dtype or shape, no per-resolution state) keys
+    progress files, and changing it would make every saved progress file unresumable.
+    """
+    h = hashlib.sha256()
+    tensors = list(net.state_dict().items())
+    for r in sorted(per_resolution or {}):
+        tensors += [(f"reswise.bn.{r}.{k}", t) for k, t in sorted(per_resolution[r].items())]
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class Progress:
     """The progress file of one sweep pass (``None`` path: no saving)."""
 

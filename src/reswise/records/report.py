@@ -140,8 +140,12 @@ def plot(points: dict[str, list[Point]], path: str | Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    buf = io.BytesIO()  # rendered in memory, then written atomically: never half a PNG
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    write_atomic(Path(path), buf.getvalue())
 
 
 def write_report(result: SweepResult, out: str | Path) -> dict[str, Path]:

@@ -24,17 +24,16 @@ from filelock import FileLock, Timeout
 from ..errors import ReswiseError
 
 LOCK = ".reswise.lock"
-OWNER = ".reswise.owner.json"
 
 
 class ReswiseWarning(UserWarning):
     """Something was set aside or could not be saved; the run goes on."""
 
 
-def check_writable(out: Path) -> None:
+def check_writable(out: Path, flag: str = "--out") -> None:
     """``out`` is (or can be made) a folder we can write into; a clear error otherwise."""
     if out.exists() and not out.is_dir():
-        raise ReswiseError(f"--out {out} is a file, not a folder; give a folder path")
+        raise ReswiseError(f"{flag} {out} is a file, not a folder; give a folder path")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".reswise.probe.{os.getpid()}"
@@ -42,9 +41,57 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ReswiseError(
-            f"--out {out} is not writable ({e.strerror or e.__class__.__name__}); "
+            f"{flag} {out} is not writable ({e.strerror or e.__class__.__name__}); "
             "give a folder you can write to"
         ) from None
+
+
+def check_destination(path: Path, flag: str, kind: str = "file") -> None:
+    """``path`` (a file or a folder to be written) can be written: its nearest existing parent
+    is a folder we can write into, and nothing in the way is a file. Checked before any work,
+    so a bad destination costs nothing."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ReswiseError(f"{flag} {path} is a folder; give the path of the file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ReswiseError(f"{flag} {path} is a file; give a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ReswiseError(
+            f"{flag} {path} lies under {parent}, which is a file, not a folder; give another path"
+        )
+    check_writable(path if kind == "folder" and path.is_dir() else path.parent, flag)
+
+
+@contextmanager
+def hold(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold ``lock_file`` for this process: a second writer of ``what`` gets an error naming the
+    holder (pid, host, start, command) instead of writing into the same place."""
+    lock = FileLock(str(lock_file))
+    owner = lock_file.with_name(lock_file.name + ".owner.json")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ReswiseError(
+            f"{what} is being written by another reswise run ({_holder(owner)}); wait for it "
+            "to finish or give another destination"
+        ) from None
+    try:
+        facts = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime(),
+                 "command": " ".join(sys.argv)[:300]}  # fmt: skip
+        owner.write_text(json.dumps(facts))
+    except OSError:
+        pass  # the lock itself is what protects the folder; the note only names the holder
+    try:
+        yield
+    finally:
+        try:
+            owner.unlink(missing_ok=True)
+        except OSError:
+            pass
+        lock.release()
 
 
 @contextmanager
@@ -57,29 +104,8 @@ def owned(out: str | Path, rank: int = 0) -> Iterator[Path]:
     out = Path(out)
     check_writable(out)
     suffix = f".rank{rank}" if rank else ""
-    lock = FileLock(str(out / f"{LOCK}{suffix}"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ReswiseError(
-            f"--out {out} is being written by another reswise run ({_holder(out / (OWNER + suffix))}); wait for it "
-            "to finish or give another --out"
-        ) from None
-    owner = out / f"{OWNER}{suffix}"
-    try:
-        facts = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime(),
-                 "command": " ".join(sys.argv)[:300]}  # fmt: skip
-        owner.write_text(json.dumps(facts))
-    except OSError:
-        pass  # the lock itself is what protects the folder; the note only names the holder
-    try:
+    with hold(out / f"{LOCK}{suffix}", f"--out {out}"):
         yield out
-    finally:
-        try:
-            owner.unlink(missing_ok=True)
-        except OSError:
-            pass
-        lock.release()
 
 
 def _holder(owner: Path) -> str:

@@ -27,14 +27,20 @@ Z95 = 1.959963984540054
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n, in percent."""
+    """Wilson score interval for a proportion k/n, in percent: inside [0, 100] and holding k/n.
+
+    At 0 of n or n of n the closed form lands a hair off the end in floating point (5e-15,
+    99.99999999999999), outside the point itself: plots then got negative error bars.
+    """
     if n == 0:
         return (float("nan"), float("nan"))
     p = k / n
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (100 * (c - h), 100 * (c + h))
+    lo = 0.0 if k == 0 else max(0.0, min(100 * (c - h), 100 * p))
+    hi = 100.0 if k == n else min(100.0, max(100 * (c + h), 100 * p))
+    return (lo, hi)
 
 
 def paired_drop_ci(ref: np.ndarray, new: np.ndarray, z: float = Z95) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
     policy = reswise.policy_file.load_policy("policy.json")
     net = reswise.AdaptiveClassifier(policy, reswise.create_model("cifar_resnet20", ...))
-    logits, resolution = net(images)  # B x 3 x H x W at the images' own size, uint8 or float
+    logits, resolution = net(images)  # B x 3 x S x S (native size): uint8, or float in [0, 1]
 
 The whole batch runs at the first resolution; the images whose confidence is below the stage's
 threshold are gathered and run at the next, and their answers scattered back. Resizing is the
@@ -14,7 +14,6 @@ per image it answers what the records-based simulation of the same policy says.
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,9 +26,18 @@ from ..choose.policies import calib_heldout_split
 from ..data import ResizePolicy, normalizer, to_input
 from ..errors import ReswiseError
 from ..measure.inference import fold_for_inference
+from ..measure.progress import weights_sha256
 from ..models import LoadedModel, load_model
 from ..records import SweepResult, confidence
-from .policy_file import build_policy, load_bn_states, load_policy, save_policy
+from ..records.rundir import check_destination
+from .policy_file import (
+    build_policy,
+    check_policy,
+    load_bn_states,
+    load_policy,
+    save_policy,
+)
+from .runtime import check_unit_range
 
 TOPK = 2  # what every signal reads: top-1 and top-2 probabilities
 
@@ -47,18 +55,9 @@ def softmax_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def state_sha256(lm: LoadedModel) -> str:
-    """sha256 of the weights' values: the state_dict and any per-resolution state they carry."""
-    h = hashlib.sha256()
-    tensors = list(lm.model.state_dict().items())
-    for r in lm.extra.resolutions:
-        tensors += [
-            (f"reswise.bn.{r}.{k}", t) for k, t in sorted(lm.extra.per_resolution[r].items())
-        ]
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the weights' values: the state_dict and any per-resolution state they carry
+    (the definition a sweep records as ``weights_sha256``)."""
+    return weights_sha256(lm.model, lm.extra.per_resolution)
 
 
 def weights_source(run: SweepResult) -> dict[str, Any]:
@@ -128,6 +127,7 @@ def save_choice(
     run: SweepResult, found: dict[str, Any], budget: Any, path: str | Path
 ) -> dict[str, Any]:
     """Write the policy file for ``found`` (a select or cascade result) chosen from ``run``."""
+    check_destination(Path(path), "--save")  # before loading anything: a bad path costs nothing
     source = weights_source(run)
     lm = load_model(run.model, **source)
     chain = [int(r) for r in found.get("chain", [found.get("resolution")])]
@@ -228,7 +228,10 @@ class AdaptiveClassifier(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
-        policy = load_policy(policy) if isinstance(policy, (str, Path)) else policy
+        if isinstance(policy, (str, Path)):
+            policy = load_policy(policy)
+        else:  # a dict built or edited in Python gets the same check as a file
+            policy = check_policy(policy, policy.get("path", "the policy given"))
         lm = load_model_for(policy, model)
         self.policy = policy
         self.chain = [int(r) for r in policy["chain"]]
@@ -256,10 +259,51 @@ class AdaptiveClassifier(nn.Module):
         """The policy's confidence signal, by the records' own definition."""
         return confidence(*softmax_stats(logits), self.signal)
 
+    def check_images(self, images: torch.Tensor) -> None:
+        """Refuse, in one line, what the stages would read wrongly: a shape other than
+        ``B x 3 x S x S`` at the policy's native size (any size for crop policies), a dtype other than uint8 (0..255) or
+        floating point (in [0, 1]), non-finite or out-of-range floats. Integer and boolean
+        tensors used to be taken as floats in [0, 1] and float tensors holding 0..255 went
+        unchecked: both near-white images, 16-25 % agreement with the uint8 answers on 64 real
+        CIFAR-10 test images."""
+        s = int(self.policy["preprocessing"]["input_size"])
+        if not isinstance(images, torch.Tensor):
+            raise ReswiseError(
+                f"images must be a torch tensor B x 3 x {s} x {s}, got {type(images).__name__}; "
+                "use torch.from_numpy, or reswise.ship.runtime for numpy arrays"
+            )
+        # a crop policy resizes from whatever size the image has, as the sweep did (ImageNet's
+        # originals); a whole-image policy was measured on native-size images only
+        any_size = self.policy["preprocessing"]["kind"] == "crop"
+        if (
+            images.dim() != 4
+            or images.shape[1] != 3
+            or not (any_size or tuple(images.shape[2:]) == (s, s))
+        ):
+            size = "H x W" if any_size else f"{s} x {s}"
+            raise ReswiseError(
+                f"images must be B x 3 x {size} (as swept), got shape {tuple(images.shape)}; "
+                f"give {'channels-first' if any_size else f'{s} x {s} channels-first'} images"
+            )
+        if images.dtype == torch.uint8:
+            return
+        if not images.is_floating_point():
+            raise ReswiseError(
+                f"images must be uint8 (0..255) or floating point in [0, 1], got {images.dtype}; "
+                "convert them with .to(torch.uint8) if they hold 0..255, or .float() / 255"
+            )
+        bad = int((~torch.isfinite(images)).sum())
+        if bad:
+            raise ReswiseError(
+                f"images hold {bad} values that are not finite (NaN or inf); fix them at the "
+                "source before classifying"
+            )
+        if images.numel():
+            check_unit_range(*(float(v) for v in torch.aminmax(images)))
+
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> AdaptiveOutput:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ReswiseError(f"images must be B x 3 x H x W, got shape {tuple(images.shape)}")
+        self.check_images(images)
         images = images.cpu()  # resized on the CPU, as the records were (see stage)
         n = len(images)
         idx = torch.arange(n)

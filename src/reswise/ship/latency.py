@@ -41,22 +41,45 @@ def heldout_images(
     facts = policy["images"]
     kind = facts.get("dataset_kind") or "imagefolder"
     cfg = SimpleNamespace(dataset=kind, data_root=data_root, split="test", limit=None,
-                          on_corrupt="skip", seed=policy["split"]["seed"])  # fmt: skip
-    data = load_data(cfg, lm)
-    if len(data) != facts["n"]:  # the sweep took a --limit subset
-        cfg.limit = facts["n"]
+                          on_corrupt="skip", seed=facts.get("seed"))  # fmt: skip
+    if cfg.seed is not None:  # the sweep's own --limit/--seed subset, recorded with the policy
+        cfg.limit = facts.get("limit")
         data = load_data(cfg, lm)
+        subset = f"the sweep's --limit {cfg.limit} --seed {cfg.seed} subset, " if cfg.limit else ""
+    else:
+        data, subset = _guess_subset(cfg, facts["n"], int(policy["split"]["seed"]), lm)
+    fix = "pass the --data-root its sweep used"
+    if facts.get("seed") is None and subset:  # the guessed subset seed may be the wrong one
+        fix = (
+            "this policy file does not record its sweep's --seed: choose it again with "
+            f"reswise cascade --from RUN --seed SWEEP_SEED --save (or {fix})"
+        )
     have = images_fingerprint(data)
     if have != facts["fingerprint"]:
         raise ReswiseError(
-            f"the images in {data_root} are not the ones the policy was measured on "
-            f"(fingerprint {have} vs {facts['fingerprint']}); pass the --data-root its sweep used"
+            f"the images in {data_root} ({subset}{len(data)} images) are not the ones the policy "
+            f"was measured on (fingerprint {have} vs {facts['fingerprint']}); {fix}"
         )
     held = torch.as_tensor(heldout_positions(policy))
     images = data.get(held)
     if isinstance(images, list):
         raise ReswiseError("timing a cascade needs same-size images (a CIFAR-like folder)")
     return images.contiguous(), data.labels[held].numpy()
+
+
+def _guess_subset(
+    cfg: SimpleNamespace, n: int, split_seed: int, lm: LoadedModel
+) -> tuple[Any, str]:
+    """A policy written before policies recorded the sweep's subset: all the images, or, when
+    there are more than it was measured on, a --limit subset drawn with the split's seed
+    (right only when the choosing command's --seed was the sweep's; the fingerprint says)."""
+    cfg.seed = split_seed
+    data = load_data(cfg, lm)
+    if len(data) == n:
+        return data, ""
+    cfg.limit = n
+    subset = f"a --limit {n} subset drawn with the split's --seed {split_seed}, "
+    return load_data(cfg, lm), subset
 
 
 def fixed_policy(policy: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:

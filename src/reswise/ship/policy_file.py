@@ -8,11 +8,24 @@ from, the budget, the split and the images' fingerprint, and the held-out figure
 CI. BN statistics recalibrated by the sweep (``--recalibrate-bn``) ride beside it in
 ``<name>.bn.npz``, whose sha256 the JSON holds. :class:`reswise.AdaptiveClassifier` and
 ``reswise export --policy`` build from it; ``reswise.runtime`` runs its export.
+
+Every load and save is checked (:func:`check_policy`) against one schema, ``policy.schema.json``
+beside this module (JSON Schema draft 2020-12, published in the docs too), plus the few rules a
+schema cannot state. The check uses ``jsonschema``, not pydantic models: it imports no torch, so
+the torch-free ``reswise.runtime`` checks its exported copy with the same code, and the format is
+a published file any tool in any language can validate a policy with, not a Python class.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
+import math
+import re
+import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +38,15 @@ from ..records import (
     Records,
     SweepResult,
     jsonable,
-    save_npz,
     sha256_file,
     write_atomic,
 )
 
-FORMAT = "reswise-policy/1"
+VERSION = 1
+FORMAT = f"reswise-policy/{VERSION}"
+SCHEMA_FILE = "policy.schema.json"  # beside this module; docs/policy.schema.json is a copy
+WRITE_AGAIN = "write it again with reswise cascade --from RUN --save POLICY.json"
+EXPORT_AGAIN = "export it again with reswise export --policy POLICY.json --out DIR"
 BN_SOURCES = ("shared", "weights", "recalibrated")  # model's own BN, weights' per-r BN, the sweep's
 
 
@@ -96,6 +112,8 @@ def build_policy(
             "n": int(n),
             "dataset": run.dataset,
             "dataset_kind": run.meta.get("dataset_kind"),
+            "limit": run.meta.get("images_limit"),  # the sweep's --limit subset, drawn with
+            "seed": run.meta.get("images_seed"),  # its --seed (the split may use another)
         },
         "heldout": {**held, "stage_share_pct": shares, "n": int(found["n_heldout"])},
         "heldout_resize": "the sweep's: " + run.policy,
@@ -104,24 +122,178 @@ def build_policy(
     }
 
 
-def check_policy(policy: Any, source: str) -> dict[str, Any]:
-    """A policy dict that says what every consumer reads, or a one-line error naming the file."""
-    need = ("format", "model", "weights", "preprocessing", "chain", "thresholds", "bn", "flops")
-    if not isinstance(policy, dict) or policy.get("format") != FORMAT:
+def policy_schema() -> dict[str, Any]:
+    """The policy file's JSON Schema (draft 2020-12), as shipped in the package."""
+    return json.loads(json.dumps(_schema()))  # a copy: the cached one stays as shipped
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files(__package__).joinpath(SCHEMA_FILE).read_text())
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema  # on the first check, not on import: most imports of this module check none
+
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 20.0 as an integer, but the stages are found by the key "20", not "20.0"
+    types = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=types)(_schema())
+
+
+def check_policy(policy: Any, source: str, *, exported: bool = False) -> dict[str, Any]:
+    """``policy`` if it is a whole, consistent policy file, else a one-line ``ReswiseError``
+    naming ``source`` and the field. ``exported``: the copy ``reswise export`` writes, which must
+    list its graphs."""
+    fmt = policy.get("format") if isinstance(policy, dict) else None
+    version = re.fullmatch(r"reswise-policy/([0-9]+)", fmt) if isinstance(fmt, str) else None
+    if version and int(version.group(1)) > VERSION:
+        raise ReswiseError(
+            f"{source} is a {fmt} file, written by a newer reswise; upgrade reswise to read it"
+        )
+    if fmt != FORMAT:
         raise ReswiseError(
             f"{source} is not a reswise policy file ({FORMAT}); write one with "
             "reswise cascade --from RUN --save POLICY.json"
         )
-    missing = [k for k in need if k not in policy]
-    chain = policy.get("chain") or []
-    if missing or not chain or len(policy["thresholds"]) != len(chain) - 1:
-        what = (
-            f"lacks '{missing[0]}'" if missing else "has a chain that does not fit its thresholds"
-        )
-        raise ReswiseError(f"policy file {source} {what}; write it again with --save")
-    if len(chain) > 1 and policy.get("signal") not in SIGNALS:
-        raise ReswiseError(f"policy file {source} names no known confidence signal; write it again")
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(policy))
+    found = _schema_problem(error) if error is not None else _rule_problem(policy, exported)
+    if found:
+        fix = EXPORT_AGAIN if exported else WRITE_AGAIN
+        raise ReswiseError(f"{source}: {found[0]} {found[1]}; {fix}")
     return policy
+
+
+def _where(path: Any) -> str:
+    """``thresholds[0]``, ``weights.sha256``, ``bn["20"]``: a field as a reader would index it."""
+    out = ""
+    for key in path:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif re.fullmatch(r"[A-Za-z_]\w*", key):
+            out += f".{key}" if out else key
+        else:
+            out += f"[{json.dumps(key)}]"
+    return out or "the file"
+
+
+_TYPES = {"array": "an array", "object": "an object", "integer": "an integer",
+          "number": "a number", "string": "a string", "boolean": "true or false"}  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)  # NaN, Infinity, null, "abc": as the file spells them
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _schema_problem(error: Any) -> tuple[str, str]:
+    """(field, what is wrong with it) for a jsonschema error, in words rather than its repr."""
+    path, value = list(error.absolute_path), error.instance
+    kind, want = error.validator, error.validator_value
+    if kind == "required":
+        return _where([*path, next(k for k in want if k not in value)]), "is missing"
+    if kind == "additionalProperties":
+        known = error.schema.get("properties", {})
+        extra = next(k for k in value if k not in known)
+        return _where([*path, extra]), f"is not a field here (known: {', '.join(known)})"
+    if kind == "type":
+        names = " or ".join(_TYPES.get(n, n) for n in ([want] if isinstance(want, str) else want))
+        return _where(path), f"is {_short(value)}, not {names}"
+    if kind in ("enum", "const"):
+        options = want if kind == "enum" else [want]
+        return _where(path), f"is {_short(value)}, not one of {', '.join(map(_short, options))}"
+    if kind in ("minItems", "maxItems"):
+        bound = "at least" if kind == "minItems" else "at most"
+        why = f" ({_phrase(error)})" if _phrase(error) else ""
+        return _where(path), f"has {len(value)} item(s), {bound} {want} allowed{why}"
+    if kind == "minProperties":
+        return _where(path), "is empty"
+    limits = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if kind in limits:
+        return _where(path), f"is {_short(value)}, must be {limits[kind]} {want}"
+    if kind == "pattern":  # under propertyNames the value checked is a key of the object
+        key = "propertyNames" in error.absolute_schema_path
+        what = f"has the key {_short(value)}, not" if key else f"is {_short(value)}, not"
+        return _where(path), f"{what} {_phrase(error) or 'of the form ' + want}"
+    return _where(path), f"is {_short(value)}, which does not fit the schema ({kind})"
+
+
+def _phrase(error: Any) -> str | None:
+    """The schema's description when written as a phrase (lower case: "a sha256 digest ..."),
+    which then words the refusal; capitalised descriptions document, too long for one line."""
+    text = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
+    return text if text[:1].islower() else None
+
+
+def _rule_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None:
+    """The rules the schema cannot state: how fields agree with each other, and finite numbers
+    (``json.loads`` reads NaN and Infinity, and they pass every numeric bound)."""
+    chain, keys = p["chain"], [str(r) for r in p["chain"]]
+    if len(p["thresholds"]) != len(chain) - 1:
+        return "thresholds", (
+            f"has {len(p['thresholds'])} values for {len(chain)} stages; a cascade has one "
+            "threshold fewer than stages"
+        )
+    nan = _non_finite(p, [])
+    if nan is not None:
+        return nan
+    if any(b <= a for a, b in zip(chain, chain[1:])):
+        return "chain", f"is {chain}, not strictly ascending (stages run cheapest first)"
+    for k in keys:
+        if k not in p["bn"]:
+            return _where(["bn", k]), "is missing: every stage names its BN source"
+    for k in p["bn"]:
+        if k not in keys:
+            return _where(["bn", k]), f"names no stage of the chain {chain}"
+    for k, role in [*((k, "stage") for k in keys), (str(p["reference"]), "the reference")]:
+        if k not in p["flops"]:
+            return _where(["flops", k]), f"is missing (the FLOPs of {role} {k})"
+    if len(chain) > 1 and p["signal"] is None:
+        return "signal", f"is null; a cascade of {len(chain)} stages needs {', '.join(SIGNALS)}"
+    recal = [k for k in keys if p["bn"][k] == "recalibrated"]
+    if recal and p["bn_file"] is None:
+        return "bn_file", f"is null, but stage {recal[0]} uses recalibrated BN statistics"
+    return _graphs_problem(p, exported)
+
+
+def _graphs_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None:
+    graphs = p.get("graphs")
+    if graphs is None:
+        return ("graphs", "is missing (an exported copy lists its graphs)") if exported else None
+    n, stages = len(p["chain"]), graphs["stages"]
+    if len(stages) != n:
+        return "graphs.stages", f"has {len(stages)} graphs for {n} stages"
+    size = p["preprocessing"]["input_size"]
+    if graphs["input"]["size"] != [size, size]:
+        return "graphs.input.size", (
+            f"is {graphs['input']['size']}, not [{size}, {size}] (preprocessing.input_size)"
+        )
+    return None
+
+
+def _non_finite(value: Any, path: list[Any]) -> tuple[str, str] | None:
+    """The first NaN or infinity among the fields that decide what runs (the held-out and
+    calibration figures are records: a NaN there is what was measured)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _where(path), f"is {_short(value)}"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        if path in ([], ["graphs"]) and k in ("heldout", "calibration", "check"):
+            continue
+        found = _non_finite(v, [*path, k])
+        if found is not None:
+            return found
+    return None
 
 
 def save_policy(
@@ -129,48 +301,62 @@ def save_policy(
     path: str | Path,
     bn_states: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Write ``path`` (JSON) and, when stages use recalibrated BN, ``<stem>.bn.npz`` beside it."""
+    """Write ``path`` (JSON) and, when stages use recalibrated BN, ``<stem>.bn.npz`` beside it;
+    the policy is checked before either is written."""
     path = Path(path)
     if path.is_dir():
         raise ReswiseError(f"--save {path} is a folder; give the path of the .json file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    policy = check_policy(dict(policy), str(path))
+    npz = path.with_name(path.stem + ".bn.npz")
+    policy = {k: v for k, v in policy.items() if k != "path"}  # where it was read from, if loaded
+    bn = policy.get("bn")
+    recal = isinstance(bn, dict) and "recalibrated" in bn.values()
+    # the npz's sha256 is known once its bytes are: the check sees an entry of the same shape
+    planned = {"name": npz.name, "sha256": "0" * 64} if recal else None
+    policy = check_policy({**policy, "bn_file": planned}, str(path))
     used = [int(r) for r, s in policy["bn"].items() if s == "recalibrated"]
+    missing = [r for r in used if r not in (bn_states or {})]
+    if missing:
+        raise ReswiseError(
+            f"stage {missing[0]} uses recalibrated BN statistics the run did not keep; "
+            "rerun the sweep with --recalibrate-bn so it saves them"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
     if used:
-        missing = [r for r in used if r not in (bn_states or {})]
-        if missing:
-            raise ReswiseError(
-                f"stage {missing[0]} uses recalibrated BN statistics the run did not keep; "
-                "rerun the sweep with --recalibrate-bn so it saves them"
-            )
-        npz = path.with_name(path.stem + ".bn.npz")
-        flat = {f"{r}/{k}": v for r in used for k, v in bn_states[r].items()}
-        save_npz(npz, flat, compress=False)
-        policy["bn_file"] = {"name": npz.name, "sha256": sha256_file(npz)}
-    else:
-        policy["bn_file"] = None
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{r}/{k}": v for r in used for k, v in bn_states[r].items()})
+        policy["bn_file"] = {"name": npz.name, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+        write_atomic(npz, buf.getvalue())
     write_atomic(path, (json.dumps(policy, indent=1, default=jsonable) + "\n").encode())
     return path
 
 
-def load_policy(path: str | Path) -> dict[str, Any]:
-    """A policy file, checked; ``policy["path"]`` says where it was read from."""
+def load_policy(path: str | Path, *, exported: bool = False) -> dict[str, Any]:
+    """A policy file, checked (:func:`check_policy`); ``policy["path"]`` says where it was read
+    from. ``exported``: the copy in a ``reswise export`` folder, which lists its graphs."""
     path = Path(path)
     if not path.is_file():
         raise ReswiseError(f"policy file {path} does not exist; write one with --save")
     try:
         policy = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ReswiseError(f"{path} is not JSON; write the policy again with --save") from None
-    policy = check_policy(policy, str(path))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        fix = EXPORT_AGAIN if exported else WRITE_AGAIN
+        raise ReswiseError(f"{path} is not JSON; {fix}") from None
+    policy = check_policy(policy, str(path), exported=exported)
     policy["path"] = str(path)
     return policy
 
 
 def load_bn_states(policy: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
-    """The recalibrated BN statistics the policy's stages use (checked against their sha256)."""
+    """The recalibrated BN statistics the policy's stages use (checked against their sha256, and
+    to hold the same tensors for exactly those stages)."""
+    used = sorted(int(r) for r, s in policy["bn"].items() if s == "recalibrated")
     info = policy.get("bn_file")
     if not info:
+        if used:
+            raise ReswiseError(
+                f"stage {used[0]} uses recalibrated BN statistics but the policy names no "
+                f"bn_file; {WRITE_AGAIN}"
+            )
         return {}
     npz = Path(policy.get("path", ".")).with_name(info["name"])
     if not npz.is_file() or sha256_file(npz) != info["sha256"]:
@@ -178,11 +364,39 @@ def load_bn_states(policy: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
             f"BN statistics {npz} are missing or changed since the policy was written; keep "
             "them beside the policy file, or write it again with --save"
         )
+    try:
+        with np.load(npz, allow_pickle=False) as d:
+            arrays = {k: d[k] for k in d.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ReswiseError(
+            f"{npz} is not a BN statistics file ({e.__class__.__name__}); {WRITE_AGAIN}"
+        ) from None
+    return _bn_by_stage(arrays, used, npz)
+
+
+def _bn_by_stage(
+    arrays: dict[str, np.ndarray], used: list[int], npz: Path
+) -> dict[int, dict[str, np.ndarray]]:
+    """``<r>/<tensor>`` arrays per stage; refused unless they are for exactly the ``used`` stages
+    and each stage holds the same tensors (the model loads them leniently: a tensor missing for
+    one stage would quietly keep the shared statistics there)."""
     states: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(npz, allow_pickle=False) as d:
-        for key in d.files:
-            r, _, name = key.partition("/")
-            states.setdefault(int(r), {})[name] = d[key]
+    for key, value in arrays.items():
+        r, _, name = key.partition("/")
+        if not re.fullmatch(r"[1-9][0-9]*", r) or not name:
+            raise ReswiseError(
+                f"{npz} holds '{key}', not a '<resolution>/<tensor>' key; {WRITE_AGAIN}"
+            )
+        states.setdefault(int(r), {})[name] = value
+    if sorted(states) != used:
+        raise ReswiseError(
+            f"{npz} holds BN statistics for {sorted(states)}, but the stages on recalibrated BN "
+            f"are {used}; {WRITE_AGAIN}"
+        )
+    for r in used:
+        odd = sorted(set(states[r]) ^ set(states[used[0]]))
+        if odd:
+            raise ReswiseError(f"{npz}: stages {used[0]} and {r} differ in {odd[0]}; {WRITE_AGAIN}")
     return states
 
 

@@ -13,7 +13,6 @@ the runner escalates the images the torch module escalates.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import ReswiseError
 from ..records import confidence
+from .policy_file import load_policy
 
 TOPK = 2  # what every signal reads: top-1 and top-2 probabilities
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -79,10 +79,10 @@ class OnnxCascade:
                 f"{directory} holds no exported cascade (policy.json); write one with "
                 "reswise export --policy POLICY.json --out DIR"
             )
-        self.policy = json.loads(path.read_text())
-        graphs = self.policy.get("graphs")
-        if not graphs:
-            raise ReswiseError(f"{path} has no graphs section; export it again with --policy")
+        # checked like every policy file, plus its graphs: a hand-edited copy is refused in one
+        # line naming the field, not met later as a KeyError or a stage quietly skipped
+        self.policy = load_policy(path, exported=True)
+        graphs = self.policy["graphs"]
         self.chain = [int(r) for r in self.policy["chain"]]
         self.thresholds = [float(t) for t in self.policy["thresholds"]]
         self.signal = self.policy["signal"] or "max_softmax"
@@ -110,11 +110,7 @@ class OnnxCascade:
                 f"images must be N x 3 x {self.size[0]} x {self.size[1]} (the size the cascade "
                 f"was exported for), got shape {x.shape}; resize them to that size first"
             )
-        if x.dtype != np.uint8:
-            if x.dtype.kind != "f":
-                raise ReswiseError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
-            x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(as_uint8(x))
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits from the stage that answered each image, and that stage's resolution."""
@@ -161,17 +157,75 @@ class OnnxCascade:
         return rows
 
 
-def load_images(paths: list[str | Path]) -> np.ndarray:
-    """Image files as one uint8 ``N x 3 x H x W`` array (RGB; all must share one size)."""
+def as_uint8(x: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; float images checked to hold finite values in [0, 1], then
+    rounded to uint8 (the graphs take uint8, as the sweep's records were made from).
+
+    Float arrays holding 0..255 were clipped to white before the range was checked (10.9 %
+    agreement with the uint8 answers on 64 real CIFAR-10 images); integer and boolean arrays
+    are refused rather than guessed at (0..255? 0..65535? a mask?).
+    """
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind != "f":
+        raise ReswiseError(
+            f"images must be uint8 (0..255) or float in [0, 1], got {x.dtype}; convert them "
+            "with .astype(np.uint8) if they hold 0..255, or divide by 255 for floats"
+        )
+    if not np.isfinite(x).all():
+        raise ReswiseError(
+            f"images hold {int(np.size(x) - np.isfinite(x).sum())} values that are not finite "
+            "(NaN or inf); fix them at the source before classifying"
+        )
+    check_unit_range(float(x.min()), float(x.max()))
+    return np.rint(x.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def check_unit_range(lo: float, hi: float) -> None:
+    """Refuse float images outside [0, 1] (one line naming what they look like)."""
+    if hi > 1 + 1e-6:
+        raise ReswiseError(
+            f"float images must lie in [0, 1], but the largest value is {hi:g}: looks like "
+            "0..255; divide by 255 or pass uint8"
+        )
+    if lo < -1e-6:
+        raise ReswiseError(
+            f"float images must lie in [0, 1], but the smallest value is {lo:g}; pass them "
+            "before any mean/std normalisation (the cascade normalises them itself)"
+        )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file as ``H x W x 3`` uint8 RGB, decoded as the sweep decodes it
+    (:func:`reswise.data.pixels.rgb8`), or a one-line error naming the file."""
     from PIL import Image
 
-    arrays = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise ReswiseError(f"cannot read image {p} ({e.__class__.__name__})") from None
+    from ..data.pixels import READ_ERRORS, ImageTooLarge, UnsupportedPixels, read_rgb8
+
+    try:
+        return read_rgb8(str(path))
+    except ImageTooLarge as e:
+        size = f"{e.size[0]} x {e.size[1]}" if e.size else "too many"
+        raise ReswiseError(
+            f"image {path} is too large ({size} pixels, over Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS}: a decompression bomb?); shrink it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted"
+        ) from None
+    except UnsupportedPixels as e:
+        raise ReswiseError(f"cannot read image {path}: {e}") from None
+    except READ_ERRORS as e:
+        raise ReswiseError(
+            f"cannot read image {path} ({e.__class__.__name__}: {str(e)[:80]}); remove or "
+            "replace the file"
+        ) from None
+
+
+def load_images(paths: list[str | Path]) -> np.ndarray:
+    """Image files as one uint8 ``N x 3 x H x W`` array (RGB; all must share one size)."""
+    from ..data.pixels import quiet_bomb_warnings
+
+    with quiet_bomb_warnings():  # read_image refuses by size: Pillow's warning says it twice
+        arrays = [read_image(p) for p in paths]
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise ReswiseError(f"images of several sizes ({sorted(sizes)[:3]}); resize them to one")

@@ -1,14 +1,10 @@
-"""One function per job, each what a CLI command does, callable from Python alone.
+"""The sweep job (``reswise sweep``): images -> records in a run folder, resumable, with the
+BN-recalibrated pass, latency columns and ``--crop-pct auto``.
 
     import reswise
     run = reswise.run_sweep(reswise.SweepConfig(model="cifar_resnet20", dataset="imagefolder",
                             data_root="../shared/datasets/cifar10-jpeg/test",
                             resolutions=[32, 28, 24, 20, 16, 12], out="runs/r20"))
-    reswise.select(run, max_drop=1.0).to_dict()
-
-Data flows one way: images -> records (``run_sweep``, here) -> choices (``reswise.choose.choices``)
--> files. The CLI parses flags into these calls and prints what they return; nothing here reads
-flags or prints.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .choose.crops import (
+from ..choose.crops import (
     CROPS_DIR,
     assemble,
     choose_crops,
@@ -31,18 +27,18 @@ from .choose.crops import (
     crop_tag,
     same_images,
 )
-from .choose.policies import calib_heldout_split
-from .data import Dataset, ResizePolicy, load_data, load_dataset, parse_resolutions
-from .errors import ReswiseError
-from .measure import distributed
-from .measure.bn_recal import recalibrate_all
-from .measure.flops import flops_table
-from .measure.inference import available_cpus, torch_threads
-from .models import LoadedModel, create_model, load_model, model_info
-from .models._registry import shared_root
-from .records import BNPass, SweepResult, jsonable, summarize, write_atomic
-from .records.report import write_report
-from .records.rundir import interruptible, owned
+from ..choose.policies import calib_heldout_split
+from ..data import Dataset, ResizePolicy, load_data, load_dataset, parse_resolutions
+from ..errors import ReswiseError
+from ..measure import distributed
+from ..measure.bn_recal import recalibrate_all
+from ..measure.flops import flops_table
+from ..measure.inference import available_cpus, torch_threads
+from ..models import LoadedModel, load_model, model_info
+from ..models._registry import shared_root
+from ..records import BNPass, SweepResult, jsonable, summarize, write_atomic
+from ..records.report import write_report
+from ..records.rundir import interruptible, owned
 
 
 @dataclass
@@ -89,7 +85,7 @@ class SweepConfig:
 
 
 def default_data_root(*parts: str) -> str:
-    """Where the README's commands find data: ``$RESWISE_SHARED`` or the sibling ``shared``."""
+    """Where the commands of README and docs/usage.md find data: ``$RESWISE_SHARED`` or the sibling ``shared``."""
     return str(shared_root().joinpath("datasets", *parts))
 
 
@@ -180,6 +176,8 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
             result.meta["threads"] = torch.get_num_threads()
             result.meta["labels"] = data.label_mapping
             result.meta["dataset_kind"] = cfg.dataset
+            result.meta["images_limit"] = cfg.limit  # a --limit subset is drawn with --seed:
+            result.meta["images_seed"] = cfg.seed  # a policy needs both to find its images again
             if write:
                 _save_or_explain(result, out)
         for p in out.glob("progress*.npz"):  # the results are safe: progress has done its job
@@ -188,13 +186,24 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
 
 
 def _save_or_explain(result: SweepResult, out: Path) -> None:
+    """Write the results; when that fails, say what is really kept (a full disk may have
+    refused the progress files too)."""
     try:
         save_run(result, out)
     except OSError as e:
+        kept = sorted(p.name for p in out.glob("progress*.npz"))
+        if kept:
+            what = (
+                f"the records saved so far are kept in {', '.join(kept)} in {out}: free space or "
+                "fix the folder, then rerun the same command to resume from them"
+            )
+        else:
+            what = (
+                "nothing could be kept (no progress file could be written either): free space "
+                "or fix the folder, then rerun the same command to evaluate again"
+            )
         raise ReswiseError(
-            f"cannot write the results into {out} ({e.strerror or e}); everything computed is "
-            f"kept in {out}/progress*.npz: free space or fix the folder, then rerun the same "
-            "command to write them without evaluating again"
+            f"cannot write the results into {out} ({e.strerror or e}); {what}"
         ) from None
 
 
@@ -241,7 +250,7 @@ def _bn_pass(
 
 
 def _add_latency(cfg: SweepConfig, lm: LoadedModel, res: list[int], result: SweepResult) -> None:
-    from .measure.latency import measure_latency
+    from ..measure.latency import measure_latency
 
     lat = measure_latency(
         lm, res, [1], reference=result.reference, device=cfg.device, fast=cfg.fast
@@ -271,123 +280,6 @@ def load_run(run_dir: str | Path) -> SweepResult:
     run = SweepResult.load(run_dir)
     run.directory = str(run_dir)
     return run
-
-
-# ---------------------------------------------------------------- model tools
-def flops_report(
-    model: str,
-    resolutions: list[int] | str,
-    *,
-    reference: int | None = None,
-    by_operator: bool = False,
-) -> dict[str, Any]:
-    """Exact MACs / FLOPs / params per resolution; no data or weights needed."""
-    from .measure.flops import FlopAnalysis
-    from .measure.inference import check_resolutions
-
-    res = parse_resolutions(resolutions)
-    lm = create_model(model, pretrained=False)
-    reference = reference or max(res)
-    check_resolutions(lm.info, [*res, reference])
-    rows = flops_table(lm.model, res, reference)
-    if by_operator:
-        for r in rows:
-            r["by_operator"] = FlopAnalysis(lm.model, r["resolution"]).by_operator()
-    return {"model": model, "reference": reference, "rows": rows}
-
-
-def recalibrate_checkpoint(
-    lm: LoadedModel,
-    calib_root: str,
-    resolutions: list[int] | str,
-    out: str | Path,
-    *,
-    calib_size: int = 2000,
-    seed: int = 0,
-    policy: ResizePolicy | None = None,
-) -> dict[str, Any]:
-    """Write ``out``: the model plus BN statistics re-estimated at each resolution.
-
-    ``policy``: how images become r x r inputs (default: the weights' own, ``eval_policy()``).
-    """
-    res = parse_resolutions(resolutions)
-    calib = load_dataset("imagefolder", calib_root)
-    policy = policy or lm.info.eval_policy()
-    states = recalibrate_all(
-        lm.model, calib, res, policy, lm.info.mean, lm.info.std, calib_size, seed=seed
-    )
-    facts = {"calib_root": calib_root, "calib_size": min(calib_size, len(calib))}
-    return _write_checkpoint(lm, states, out, facts)
-
-
-def adapt_checkpoint(
-    lm: LoadedModel,
-    train_root: str,
-    resolutions: list[int] | str,
-    out: str | Path,
-    *,
-    steps: int = 400,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    seed: int = 0,
-    log: Any = None,
-) -> dict[str, Any]:
-    """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
-    from .finetune.adapt import adapt, adapter_size
-
-    data = load_dataset("imagefolder", train_root)
-    states = adapt(lm, data, parse_resolutions(resolutions), steps, batch_size, lr, seed, log=log)
-    facts = {"steps": steps, "train_root": train_root, **adapter_size(lm.model)}
-    return _write_checkpoint(lm, states, out, facts)
-
-
-def _write_checkpoint(
-    lm: LoadedModel,
-    states: dict[int, dict[str, torch.Tensor]],
-    out: str | Path,
-    facts: dict[str, Any],
-) -> dict[str, Any]:
-    from .models._registry import sha256_file
-    from .models.checkpoint import save_checkpoint
-
-    save_checkpoint(lm, states, out)  # the LoadedModel: its class names travel too
-    return {
-        "model": lm.info.name,
-        "weights": lm.weights,
-        "resolutions": sorted(states),
-        "out": str(out),
-        "sha256": sha256_file(out),
-        **facts,
-    }
-
-
-def export_checked(
-    lm: LoadedModel,
-    resolution: int,
-    out: str | Path,
-    *,
-    bake_resize_from: int | None = None,
-    check_root: str | None = None,
-    check_size: int = 256,
-    opset: int = 17,
-) -> dict[str, Any]:
-    """ONNX at ``resolution`` (with the weights' own BN for it), checked on real images."""
-    from .measure.inference import check_resolutions
-    from .measure.onnx import export_onnx
-
-    check_resolutions(lm.info, [resolution])
-    if Path(out).is_dir():
-        raise ReswiseError(f"--out {out} is a folder; give the path of the .onnx file to write")
-    images = None
-    if check_root:
-        data = load_dataset("imagefolder", check_root, limit=check_size, seed=0)
-        images = data.get(torch.arange(len(data)))
-        if isinstance(images, list):  # variable sizes: bring them to the size the graph takes
-            images = lm.info.eval_policy()(images, bake_resize_from or lm.info.input_size)
-    result = export_onnx(
-        lm, resolution, out, bake_resize_from=bake_resize_from, check_images=images, opset=opset
-    )
-    return {**result, "model": lm.info.name, "weights": lm.weights}
 
 
 # ---------------------------------------------------------------- --crop-pct auto
