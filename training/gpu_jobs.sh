@@ -32,15 +32,15 @@ run() {  # name, then reswise train flags; one log for all runs, each line tagge
 run cifar_nasnet_a --model cifar_nasnet_a --random-init --epochs $E1 --lr 0.1
 run mbv2_050 --model cifar_mobilenetv2_050 --random-init --epochs $E2 --lr 0.1 --no-channels-last
 run mbv2_050_mr --model cifar_mobilenetv2_050 --random-init --epochs $E3 --lr 0.1 \
-  --no-channels-last --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+  --no-channels-last --train-resolutions 32,24,20,16 --sandwich-k all --distill --largest-weight 0.4
 run r20_mr4 --model cifar_resnet20 --pretrained --epochs $E4 --lr 0.02 --warmup-epochs 0.5 \
-  --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+  --train-resolutions 32,24,20,16 --sandwich-k all --distill --largest-weight 0.4
 # the r20_mr4 recipe (multi-resolution fine-tune of the shipped single-resolution weights)
 # on the other two families; fewer epochs because a session's GPU time is 15 minutes
 run nasnet_mr --model cifar_nasnet_a --pretrained --epochs $E5 --lr 0.02 --warmup-epochs 0.5 \
-  --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+  --train-resolutions 32,24,20,16 --sandwich-k all --distill --largest-weight 0.4
 run mbv2_050_mr_ft --model cifar_mobilenetv2_050 --pretrained --epochs $E6 --lr 0.02 \
-  --warmup-epochs 0.5 --no-channels-last --train-resolutions 32,24,20,16 --distill --largest-weight 0.4
+  --warmup-epochs 0.5 --no-channels-last --train-resolutions 32,24,20,16 --sandwich-k all --distill --largest-weight 0.4
 wait
 # a finished run needs only its weights; an unfinished one keeps its state to resume
 for s in "$OUT"/*.pt.state; do [ -f "${s%.state}" ] && rm -f "$s"; done

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import ReswiseError
 from .common import (
     add_data_args,
     add_json,
@@ -97,6 +98,12 @@ def _add_train(sub: Any) -> None:
         default=0.0,
         help="multi-resolution: share of the loss on the largest resolution, the rest split "
         "evenly (default 0: all equal)",
+    )
+    p.add_argument(
+        "--sandwich-k",
+        default="1",
+        help="multi-resolution: per step the largest and smallest resolution plus K sampled from "
+        "those between (default 1); 'all': every resolution every step",
     )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument(
@@ -209,6 +216,13 @@ def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _count(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ReswiseError(f"{flag} takes a whole number or 'all', got '{text}'") from None
+
+
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load_dataset, parse_resolutions
     from ..finetune.train import TrainConfig, train
@@ -228,6 +242,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
         init=lm.weights,
+        sandwich_k=None if args.sandwich_k == "all" else _count(args.sandwich_k, "--sandwich-k"),
         **pick(args, "distill", "largest_weight"),
     )
     return train(
