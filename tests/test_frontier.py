@@ -170,6 +170,7 @@ def test_a_write_that_fails_is_one_line(tmp_path, capsys, monkeypatch):
 
     argv = _two_runs(tmp_path)
     monkeypatch.setattr(frontier, "write_atomic", full_disk)
+    monkeypatch.setattr("reswise.records.report.write_atomic", full_disk)  # the plot's writer
     assert main([*argv, "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "No space left" in err and f"--out {tmp_path / 'f'}" in err

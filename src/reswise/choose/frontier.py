@@ -13,7 +13,6 @@ part only, so the choice does not flatter it. numpy and matplotlib only.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..errors import ReswiseError
 from ..records import SweepResult, jsonable, write_atomic
+from ..records.report import save_figure
 from ..records.rundir import check_writable
 from ..records.stats import paired_drop_ci, wilson
 from .choices import check_same_images
@@ -317,12 +317,7 @@ def frontier_plot(result: Frontier, path: str | Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()  # rendered in memory, then written atomically: never half a PNG
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    write_atomic(Path(path), buf.getvalue())
+    save_figure(fig, path)
 
 
 def write_frontier(result: Frontier, out: str | Path, title: str) -> dict[str, str]:

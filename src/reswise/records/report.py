@@ -140,7 +140,14 @@ def plot(points: dict[str, list[Point]], path: str | Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()  # rendered in memory, then written atomically: never half a PNG
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Render ``fig`` as PNG in memory, write it atomically (never half a PNG), close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png")
     finally:
