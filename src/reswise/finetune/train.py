@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset, TensorImages, normalizer, to_input
+from ..data import Dataset, FileImages, TensorImages, normalizer, to_input
 from ..errors import ReswiseError
+from ..measure.inference import available_cpus
 from ..models import LoadedModel
 from ..models.checkpoint import checkpoint_state
 from .multires import PrivateBN
+from .stream import stream_batches
 
 
 @dataclass
@@ -236,17 +239,19 @@ def train(
     progress: bool = True,
     log: Any = print,
     device: str | torch.device = "cpu",
+    workers: int = 4,
 ) -> dict[str, Any]:
     """Train ``lm.model`` in place; resume from ``out.state`` when it exists with the same config.
+
+    Same-size images (:class:`TensorImages`) live on the device as one uint8 tensor and are
+    augmented on whole batches; variable-size ones (:class:`FileImages`) are decoded per step by
+    ``workers`` DataLoader processes with random-resized-crop (``reswise.finetune.stream``).
 
     ``device`` is not part of the config: a run started on the CPU resumes on a GPU and back
     (augmentation draws stay on the CPU generator; only dropout-style noise differs).
     """
     dev = torch.device(device)
-    if not isinstance(train_data, TensorImages):
-        raise ReswiseError(
-            "training needs same-size images held in memory (e.g. cifar10-jpeg/train)"
-        )
+    workers = min(workers, available_cpus())  # more decoders than cores only contend
     if cfg.epochs <= 0:
         raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
     out = Path(out)
@@ -268,7 +273,7 @@ def train(
     run = _Run(model, opt, g, cfg, out.with_suffix(out.suffix + ".state"))
     run.resume(log, out)
     for epoch in range(run.start_epoch, cfg.epochs):
-        rec = _epoch(run, lm, train_data, epoch, res_cycle, multi, dev, progress)
+        rec = _epoch(run, lm, train_data, epoch, res_cycle, multi, dev, progress, workers)
         if test_data is not None:
             model.eval()
             if multi:
@@ -304,6 +309,7 @@ def _epoch(
     multi: bool,
     dev: torch.device,
     progress: bool,
+    workers: int = 4,
 ) -> dict[str, Any]:
     cfg, model, opt, g = run.cfg, run.model, run.opt, run.g
     n = len(train_data)
@@ -313,11 +319,9 @@ def _epoch(
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
-    # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
-    images, labels = train_data.images.to(dev), train_data.labels.to(dev)
     t0 = time.perf_counter()
     model.train()
-    perm = torch.randperm(n, generator=g).to(dev)  # drawn on the CPU generator, moved once
+    batches = _batches(train_data, cfg, g, epoch, res_cycle[0], dev, workers)
     tot_loss, seen = torch.zeros((), device=dev), 0
     bar = None
     if progress:
@@ -327,15 +331,14 @@ def _epoch(
     for s in range(steps_per_epoch):
         for gr in opt.param_groups:
             gr["lr"] = lr_at(epoch * steps_per_epoch + s, total, warmup, cfg.lr)
-        idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-        xb = augment(images[idx], g)
+        xb, yb = next(batches)
         opt.zero_grad(set_to_none=True)
         step_res = sandwich(res_cycle, cfg.sandwich_k, g) if len(res_cycle) > 2 else res_cycle
         weights = loss_weights(len(step_res), cfg.largest_weight)
-        loss = _step(model, xb, labels[idx], cfg, step_res, weights, multi, scale_shift, dev)
+        loss = _step(model, xb, yb, cfg, step_res, weights, multi, scale_shift, dev)
         opt.step()
-        tot_loss += loss * len(idx)
-        seen += len(idx)
+        tot_loss += loss * len(yb)
+        seen += len(yb)
         if bar:
             bar.update(1)
             if s % 20 == 0:
@@ -346,3 +349,25 @@ def _epoch(
         torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
     run.wall += time.perf_counter() - t0
     return {"epoch": epoch + 1, "loss": tot_loss.item() / max(1, seen), "wall_s": run.wall}
+
+
+def _batches(
+    data: Dataset,
+    cfg: TrainConfig,
+    g: torch.Generator,
+    epoch: int,
+    size: int,
+    dev: torch.device,
+    workers: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of augmented batches (float 0..255) and labels, the last partial one included."""
+    if isinstance(data, FileImages):
+        yield from stream_batches(data, size, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                  workers=workers, device=dev)  # fmt: skip
+        return
+    # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
+    images, labels = data.images.to(dev), data.labels.to(dev)
+    perm = torch.randperm(len(data), generator=g).to(dev)  # drawn on the CPU generator, moved once
+    for s in range(0, len(data), cfg.batch_size):
+        idx = perm[s : s + cfg.batch_size]
+        yield augment(images[idx], g), labels[idx]
