@@ -266,3 +266,26 @@ def test_a_routing_flip_is_allowed_only_at_a_threshold():
     assert check_failures(ok) == []
     assert len(check_failures({**ok, "routing_flips_unexplained": 1})) == 1
     assert len(check_failures({**ok, "max_abs_logit_diff_same_stage": 1e-3})) == 1
+
+
+@needs_shared
+def test_a_failed_swap_puts_the_previous_export_back(tmp_path, monkeypatch):
+    from reswise.ship import export
+
+    _, _, images, lm = shipped()
+    policy = _policy_copy(tmp_path)
+    out = tmp_path / "shipped"
+    export.export_policy(policy, out, lm=lm, check_images=images[:16])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = Path.rename
+
+    def rename(self, target):  # the staged folder cannot take --out's place
+        staged = self.name.startswith(".shipped.") and not self.name.endswith(".old")
+        if staged and Path(target) == out:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ReswiseError, match="nothing was changed"):
+        export.export_policy(policy, out, lm=lm, check_images=images[:16])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

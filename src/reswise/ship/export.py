@@ -198,9 +198,15 @@ def _staged(out: Path) -> Iterator[Path]:
     try:
         yield stage
         old = out.with_name(f"{stage.name}.old")
-        if out.exists():
+        moved = out.exists()
+        if moved:
             out.rename(old)
-        stage.rename(out)
+        try:
+            stage.rename(out)
+        except OSError:
+            if moved:  # put the previous export back: the message says nothing was changed
+                old.rename(out)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         raise ReswiseError(
