@@ -313,9 +313,8 @@ def _epoch(
 ) -> dict[str, Any]:
     cfg, model, opt, g = run.cfg, run.model, run.opt, run.g
     n = len(train_data)
-    steps_per_epoch = -(
-        -n // cfg.batch_size
-    )  # the last partial batch counts: a small folder learns too
+    # the last partial batch counts: a folder smaller than one batch still learns
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
@@ -333,7 +332,7 @@ def _epoch(
             gr["lr"] = lr_at(epoch * steps_per_epoch + s, total, warmup, cfg.lr)
         xb, yb = next(batches)
         opt.zero_grad(set_to_none=True)
-        step_res = sandwich(res_cycle, cfg.sandwich_k, g) if len(res_cycle) > 2 else res_cycle
+        step_res = sandwich(res_cycle, cfg.sandwich_k, g)  # all of them when <= 2
         weights = loss_weights(len(step_res), cfg.largest_weight)
         loss = _step(model, xb, yb, cfg, step_res, weights, multi, scale_shift, dev)
         opt.step()

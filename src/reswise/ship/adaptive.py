@@ -100,9 +100,8 @@ def _run_resize(run: SweepResult, lm: LoadedModel) -> ResizePolicy:
         for aa in (True, False)
         for crop in dict.fromkeys([own.crop_pct, *_crops_named(run.policy)])
     ]
-    auto = (
-        "round(r / crop_pct(r))"  # a --crop-pct auto run names its base crop so (choose/crops.py)
-    )
+    # a --crop-pct auto run names its base crop so (choose/crops.py)
+    auto = "round(r / crop_pct(r))"
     for p in found:
         if run.policy.partition(";")[0] in (
             p.describe(),
@@ -261,8 +260,9 @@ class AdaptiveClassifier(nn.Module):
 
     def check_images(self, images: torch.Tensor) -> None:
         """Refuse, in one line, what the stages would read wrongly: a shape other than
-        ``B x 3 x S x S`` at the policy's native size (any size for crop policies), a dtype other than uint8 (0..255) or
-        floating point (in [0, 1]), non-finite or out-of-range floats. Integer and boolean
+        ``B x 3 x S x S`` at the policy's native size (any size for crop policies), a dtype
+        other than uint8 (0..255) or floating point (in [0, 1]), non-finite or out-of-range
+        floats. Integer and boolean
         tensors used to be taken as floats in [0, 1] and float tensors holding 0..255 went
         unchecked: both near-white images, 16-25 % agreement with the uint8 answers on 64 real
         CIFAR-10 test images."""
