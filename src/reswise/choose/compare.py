@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReswiseError
-from ..records import Records, SweepResult
+from ..records import Records, Stage, SweepResult, stage, stage_name, unstage
 from ..records.stats import drop_summary
 from .policies import (
     CascadeResult,
@@ -28,8 +28,9 @@ from .policies import (
     search_cascade,
     select_resolution,
 )
+from .policies.costs import Costs, chain_text, costs, stage_detail
 from .policies.results import Result
-from .policies.split import flops_drop_pct
+from .policies.split import check_inputs, flops_drop_pct
 
 
 def weights_name(run: SweepResult) -> str:
@@ -46,100 +47,119 @@ def run_name(run: SweepResult) -> str:
 
 
 def best_of(
-    plain: Records, recal: Records, calib: np.ndarray, reference: int
-) -> tuple[Records, dict[int, bool]]:
-    """Per resolution, the recalibrated pass only where it wins on the calibration images.
+    plain: Records, recal: Records, calib: np.ndarray, reference: Stage
+) -> tuple[Records, dict[Stage, bool]]:
+    """Per stage, the recalibrated pass only where it wins on the calibration images.
 
     The reference keeps its shipped statistics: drops are measured against the model as it is.
+    Stages the recalibrated pass lacks (int8 and bf16 ones: it has fp32 rows only) keep the
+    plain pass. The result is keyed by stage (:func:`reswise.records.stage`).
     """
     use = {}
     rows = []
-    for r in plain.resolutions:
-        wins = r != reference and recal.correct(r)[calib].mean() > plain.correct(r)[calib].mean()
-        use[r] = bool(wins)
-        rows.append(recal if wins else plain)
-    pick = lambda f: np.stack([getattr(src, f)[i] for i, src in enumerate(rows)])  # noqa: E731
+    have = set(recal.keys)
+    for k in plain.keys:
+        wins = (
+            k != reference
+            and k in have
+            and recal.correct(k)[calib].mean() > plain.correct(k)[calib].mean()
+        )
+        use[k] = bool(wins)
+        rows.append((recal, recal.row(k)) if wins else (plain, plain.row(k)))
+    pick = lambda f: np.stack([getattr(src, f)[i] for src, i in rows])  # noqa: E731
     merged = Records(list(plain.resolutions), plain.indices, plain.labels,
-                     pick("topk_idx"), pick("topk_prob"), pick("entropy"))  # fmt: skip
+                     pick("topk_idx"), pick("topk_prob"), pick("entropy"),
+                     plain.crop_pct, plain.precision)  # fmt: skip
     return merged, use
 
 
 def _row(policy: str, detail: str, d: Result | dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """One table row: what every policy reports, plus ``extra`` (resolution, stage shares)."""
-    return {
+    """One table row: what every policy reports, plus ``extra`` (resolution, stage shares); and
+    ``time_saved_pct`` when times were measured, ``precision`` when ``extra`` names one."""
+    row = {
         "policy": policy, "detail": detail, "flops_drop_pct": d["flops_drop_pct"],
         "acc_drop_pct": d["acc_drop_pct"], "acc_drop_ci": d["acc_drop_ci"],
-        "top1": d["top1"], **extra,
+        "top1": d["top1"], **{k: v for k, v in extra.items() if v is not None},
     }  # fmt: skip
+    if d.get("time_saved_pct") is not None:
+        row["time_saved_pct"] = d["time_saved_pct"]
+    return row
 
 
 def _fixed_rows(
     rec: Records,
-    resolutions: list[int],
+    keys: list[Stage],
     ref_held: np.ndarray,
     held: np.ndarray,
-    flops: dict[int, int],
-    reference: int,
+    cost: Costs,
     policy: str,
     suffix: str = "",
 ) -> list[dict[str, Any]]:
-    """Each of ``resolutions`` of ``rec`` on the held-out images, drops against ``ref_held``."""
+    """Each of the stages ``keys`` of ``rec`` on the held-out images, drops against
+    ``ref_held``."""
     rows = []
-    for r in resolutions:
-        d = drop_summary(ref_held, rec.correct(r)[held])
-        d["flops_drop_pct"] = flops_drop_pct(flops[r], flops, reference)
-        rows.append(_row(policy, f"{r}x{r}{suffix}", d))
+    for k in keys:
+        d: dict[str, Any] = drop_summary(ref_held, rec.correct(k)[held])
+        d["flops_drop_pct"] = flops_drop_pct(cost.flops[k], cost.flops, cost.reference)
+        d.update(cost.per_stage(k))
+        prec = None if rec.precision is None else unstage(k)[1]
+        rows.append(_row(policy, f"{stage_detail(k)}{suffix}", d, precision=prec))
     return rows
 
 
 def _oracle_row(
-    rec: Records, flops: dict[int, int], reference: int, held: np.ndarray, policy: str
+    rec: Records, reference: Stage, held: np.ndarray, policy: str, kw: dict[str, Any]
 ) -> dict[str, Any]:
-    return _row(policy, "cheapest right resolution", oracle(rec, flops, reference, idx=held))
+    return _row(policy, "cheapest right resolution", oracle(rec, reference=reference, idx=held,
+                                                             **kw))  # fmt: skip
 
 
 def _choose(
     rec: Records,
-    flops: dict[int, int],
-    reference: int,
+    reference: Stage,
     budget: dict[str, Any],
     max_len: int,
     prefix: str = "",
     suffix: str = "",
     held: np.ndarray | None = None,
 ) -> tuple[SelectResult, CascadeResult, list[dict[str, Any]]]:
-    """The selected resolution and the cascade chosen from ``rec``, and their rows (then the
-    oracle bound's on ``held`` when given); policies named ``{prefix}selected{suffix}`` etc."""
-    sel = select_resolution(rec, flops, reference, **budget)
-    cas = search_cascade(rec, flops, reference, **budget, signal="auto", max_len=max_len)
+    """The selected stage and the cascade chosen from ``rec``, and their rows (then the oracle
+    bound's on ``held`` when given); policies named ``{prefix}selected{suffix}`` etc.
+    ``budget`` holds the policies' keywords: flops, objective, times and the budget itself."""
+    sel = select_resolution(rec, reference=reference, **budget)
+    cas = search_cascade(rec, reference=reference, **budget, signal="auto", max_len=max_len)
+    name = stage_detail(stage(sel.resolution, sel.precision or "fp32"))
+    keys = [stage(r, p) for r, p in zip(cas.chain, cas.precision or ["fp32"] * len(cas.chain))]
     rows = [
-        _row(f"{prefix}selected{suffix}", f"{sel.resolution}x{sel.resolution}", sel,
-             resolution=sel.resolution),
-        _row(f"{prefix}cascade{suffix}", f"{cas.chain} on {cas.signal}", cas,
-             stage_share_pct=cas.stage_share_pct),
+        _row(f"{prefix}selected{suffix}", name, sel, resolution=sel.resolution,
+             precision=sel.precision),
+        _row(f"{prefix}cascade{suffix}", f"{chain_text(keys)} on {cas.signal}", cas,
+             stage_share_pct=cas.stage_share_pct, precision=cas.precision),
     ]  # fmt: skip
     if held is not None:
-        rows.append(_oracle_row(rec, flops, reference, held, f"{prefix}oracle (uses labels)"))
+        kw = {k: budget[k] for k in ("flops", "objective", "times")}
+        rows.append(_oracle_row(rec, reference, held, f"{prefix}oracle (uses labels)", kw))
     return sel, cas, rows
 
 
-def _check_run(label: str, rec: Records, records: Records, flops: dict[int, int], ref: int) -> None:
-    """Another run compared beside ``records``: the same images, every resolution counted."""
+def _check_run(label: str, rec: Records, records: Records, flops: dict[Any, Any],
+               ref: Stage) -> None:  # fmt: skip
+    """Another run compared beside ``records``: the same images, every stage counted."""
     if not np.array_equal(rec.indices, records.indices) or not np.array_equal(
         rec.labels, records.labels
     ):
         raise ReswiseError(
             f"run '{label}' was evaluated on other images; compare needs the same set"
         )
-    missing = [r for r in rec.resolutions if r not in flops]
-    if missing or ref not in rec.resolutions:
+    missing = [k for k in rec.keys if k not in flops and unstage(k)[0] not in flops]
+    if missing or ref not in rec.keys:
         raise ReswiseError(f"run '{label}' lacks resolution {missing[:1] or [ref]}")
 
 
 def compare(
     records: Records,
-    flops: dict[int, int],
-    reference: int,
+    flops: dict[Any, Any],
+    reference: Stage,
     *,
     max_drop: float = 1.0,
     confidence: float = 0.95,
@@ -149,31 +169,42 @@ def compare(
     max_len: int = 3,
     extras: dict[str, Records] | None = None,
     names: dict[str, str] | None = None,
+    objective: str = "flops",
+    times: dict[Any, float] | None = None,
+    timed_on: dict[str, Any] | None = None,
 ) -> CompareResult:
-    """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci.
+    """All policies on one split; every row has flops_drop_pct, acc_drop_pct and acc_drop_ci
+    (and time_saved_pct with ``times``: ms per image per stage, which the extras share).
 
     ``names``: the run each row comes from (``run_name``), keyed "" for ``records`` and by
     label for ``extras``; given, every row carries it as ``run`` and the table shows it.
+    ``objective``: what the policies minimise, "flops" or "time".
     """
+    check_inputs(records, flops, reference)
+    cost = costs(records, flops, reference, objective, times)
     calib, held = calib_heldout_split(len(records.labels), calib_frac, seed)
     ref_held = records.correct(reference)[held]
     budget = {"max_drop": max_drop, "confidence": confidence, "calib_frac": calib_frac,
-              "seed": seed}  # fmt: skip
-    res = list(records.resolutions)
-    rows = _fixed_rows(records, res, ref_held, held, flops, reference, "fixed")
-    d = random_resolution(records, flops, reference, seed=seed, idx=held)
-    rows.append(_row("random", f"uniform over {records.resolutions}", d))
-    sel, cas, chosen = _choose(records, flops, reference, budget, max_len)
+              "seed": seed, "flops": flops, "objective": objective, "times": times}  # fmt: skip
+    keys = list(records.keys)
+    rows = _fixed_rows(records, keys, ref_held, held, cost, "fixed")
+    d = random_resolution(records, flops, reference, seed=seed, idx=held, times=times)
+    over = records.resolutions if records.precision is None else chain_text(keys)
+    rows.append(_row("random", f"uniform over {over}", d))
+    sel, cas, chosen = _choose(records, reference, budget, max_len)
     rows += chosen
     sel_bn = cas_bn = use = None
     if records_bn is not None:
         # the reference stays un-recalibrated: drops are against the model as shipped
-        rows += _fixed_rows(records_bn, res, ref_held, held, flops, reference, "recalibrated",
+        bn_keys = [k for k in keys if k in records_bn.keys]
+        rows += _fixed_rows(records_bn, bn_keys, ref_held, held, cost, "recalibrated",
                             " + BN recal")  # fmt: skip
-        merged, use = best_of(records, records_bn, calib, reference)
-        sel_bn, cas_bn, chosen = _choose(merged, flops, reference, budget, max_len, suffix=" + BN")
+        merged, used = best_of(records, records_bn, calib, reference)
+        use = {k if isinstance(k, int) else stage_name(k): v for k, v in used.items()}
+        sel_bn, cas_bn, chosen = _choose(merged, reference, budget, max_len, suffix=" + BN")
         rows += chosen
-    rows.append(_oracle_row(records, flops, reference, held, "oracle (uses labels)"))
+    kw = {"flops": flops, "objective": objective, "times": times}
+    rows.append(_oracle_row(records, reference, held, "oracle (uses labels)", kw))
     _name_rows(rows, 0, names, "")
     extra_sel: dict[str, SelectResult] = {}
     extra_cas: dict[str, CascadeResult] = {}
@@ -181,12 +212,11 @@ def compare(
         _check_run(label, rec, records, flops, reference)
         first = len(rows)
         # drops of another model (adapted, multi-resolution trained) are against its own reference
-        others = [r for r in rec.resolutions if r != reference]
-        rows += _fixed_rows(
-            rec, others, rec.correct(reference)[held], held, flops, reference, label
-        )
+        others = [k for k in rec.keys if k != reference]
+        other_cost = costs(rec, flops, reference, objective, times)
+        rows += _fixed_rows(rec, others, rec.correct(reference)[held], held, other_cost, label)
         extra_sel[label], extra_cas[label], chosen = _choose(
-            rec, flops, reference, budget, max_len, prefix=f"{label} ", held=held
+            rec, reference, budget, max_len, prefix=f"{label} ", held=held
         )
         rows += chosen
         _name_rows(rows, first, names, label)
@@ -194,7 +224,8 @@ def compare(
         selected=sel, cascade=cas, selected_bn=sel_bn, cascade_bn=cas_bn, bn_used=use,
         extra_selected=extra_sel, extra_cascade=extra_cas, reference=reference,
         max_drop=max_drop, confidence=confidence, n_calib=int(len(calib)),
-        n_heldout=int(len(held)), seed=seed, rows=rows,
+        n_heldout=int(len(held)), seed=seed, rows=rows, objective=cost.label,
+        timed_on=timed_on if times is not None else None,
     )  # fmt: skip
 
 
@@ -213,17 +244,26 @@ def _name_rows(rows: list[dict[str, Any]], first: int, names: dict[str, str] | N
 
 
 def compare_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per policy; a Run column (model and weights) when rows name theirs."""
+    """Markdown: one row per policy; a Run column (model and weights) when rows name theirs,
+    a Time Saved column when they carry measured times."""
     named = all("run" in r for r in rows)
+    timed = any("time_saved_pct" in r for r in rows)
     lines = [
         ("| Run " if named else "")
-        + "| Policy | Detail | FLOPs Drop (%) | Accuracy Drop (%) | 95% CI | Top-1 (%) |",
+        + "| Policy | Detail | FLOPs Drop (%) | "
+        + ("Time Saved (%) | " if timed else "")
+        + "Accuracy Drop (%) | 95% CI | Top-1 (%) |",
         ("|-----" if named else "")
-        + "|--------|--------|----------------|-------------------|--------|-----------|",
+        + "|--------|--------|----------------|"
+        + ("----------------|" if timed else "")
+        + "-------------------|--------|-----------|",
     ]
     for r in rows:
         lo, hi = r["acc_drop_ci"]
         cells = [r["policy"], r["detail"], f"{r['flops_drop_pct']:.2f}"]
+        if timed:
+            t = r.get("time_saved_pct")
+            cells.append("-" if t is None else f"{t:.2f}")
         cells += [f"{r['acc_drop_pct']:.2f}", f"[{lo:.2f}, {hi:.2f}]", f"{r['top1']:.2f}"]
         lines.append("| " + " | ".join([r["run"], *cells] if named else cells) + " |")
     return "\n".join(lines)
@@ -234,8 +274,8 @@ def compare_plot(rows: list[dict[str, Any]], path: str | Path, title: str) -> No
 
     series: dict[str, list[tuple[float, float, str]]] = {}
     for r in rows:
-        # annotate the per-resolution series (fixed, recalibrated, adapted ...) with r
-        per_res = re.fullmatch(r"\d+x\d+( \+ BN recal)?", r["detail"]) and " " not in r["policy"]
-        label = r["detail"].split("x")[0] if per_res else ""
+        # annotate the per-stage series (fixed, recalibrated, adapted ...) with "24", "24/int8"
+        m = re.fullmatch(r"(\d+)x\d+(/\w+)?( \+ BN recal)?", r["detail"])
+        label = m.group(1) + (m.group(2) or "") if m and " " not in r["policy"] else ""
         series.setdefault(r["policy"], []).append((r["flops_drop_pct"], r["acc_drop_pct"], label))
     plot(series, path, title)

@@ -22,9 +22,21 @@ def _source(p: argparse.ArgumentParser) -> None:
         if a.dest not in FROM_HONOURS
     ]
     p.set_defaults(sweep_only=sweep_only)
+    if "--precision" not in p._option_string_actions:  # the sweep flag, when it has one
+        p.add_argument("--precision", help="precisions to choose among, e.g. fp32,int8")
 
 
-FROM_HONOURS = {"resolutions", "reference", "seed", "json", "threads"}
+FROM_HONOURS = {"resolutions", "reference", "seed", "json", "threads", "precision"}
+
+
+def _objective(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--objective",
+        default="flops",
+        choices=["flops", "time"],
+        help="minimise FLOPs (default) or the ONNX Runtime time per image the sweep measured "
+        "(batch 64, on its CPU; needs a sweep with --precision)",
+    )
 
 
 def _budget(p: argparse.ArgumentParser) -> None:
@@ -57,6 +69,7 @@ def add_parser(sub: Any) -> None:
         choices=["bootstrap", "exact"],
         help="paired bootstrap (default) or exact McNemar/Clopper-Pearson bound",
     )
+    _objective(p)
     _save(p)
     p.set_defaults(func=run_select)
 
@@ -71,6 +84,7 @@ def add_parser(sub: Any) -> None:
         help="also show, in hindsight, what two-stage chains could save with each confidence "
         "signal and with a perfect one (why the cascade saves what it does)",
     )
+    _objective(p)
     _save(p)
     p.set_defaults(func=run_cascade)
 
@@ -85,6 +99,7 @@ def add_parser(sub: Any) -> None:
         help="rows from another run on the same images (e.g. adapted=runs/x_adapted)",
     )
     p.add_argument("--max-len", type=int, default=3)
+    _objective(p)
     p.set_defaults(func=run_compare)
 
 
@@ -93,12 +108,44 @@ def _ci(d: dict[str, Any]) -> str:
     return f"95% CI {lo:.2f} .. {hi:.2f}"
 
 
+def _stage(r: int, precision: str | None) -> str:
+    """How the CLI spells a stage: ``24x24`` (fp32), ``24/int8``."""
+    return f"{r}x{r}" if precision in (None, "fp32") else f"{r}/{precision}"
+
+
+def _names(res: list[int], precision: list[str] | None) -> list[str]:
+    """Stages of a chain: ``24``, ``24/int8``."""
+    from ..records import stage, stage_name
+
+    return [stage_name(stage(r, p)) for r, p in zip(res, precision or ["fp32"] * len(res))]
+
+
+def _time(d: dict[str, Any]) -> str:
+    """``, time saved 41.20 % (0.083 ms/image, on CPU)`` when the result carries times."""
+    if d.get("time_saved_pct") is None:
+        return ""
+    ms = d.get("ms_per_image", d.get("mean_ms_per_image"))
+    cpu = (d.get("timed_on") or {}).get("name", "the sweep's CPU")
+    return f", time saved {d['time_saved_pct']:.2f} % ({ms:.4g} ms/image on {cpu})"
+
+
+def _run(args: argparse.Namespace) -> Any:
+    """The run to choose from, seen through ``--precision`` when it comes ``--from`` a sweep."""
+    from ..choose.choices import with_precisions
+
+    run = records_source(args)
+    wanted = getattr(args, "precision", None)
+    if run is None or not wanted or not args.from_run:
+        return run
+    return with_precisions(run, [p.strip() for p in wanted.split(",") if p.strip()])
+
+
 def run_random(args: argparse.Namespace) -> dict[str, Any]:
     from ..choose.choices import random_choice
     from ..data import parse_resolutions
 
     weights = parse_floats(args.weights, "--weights") if args.weights else None
-    run = records_source(args)
+    run = _run(args)
     if run is None:
         return {}
     wanted = parse_resolutions(args.resolutions) if args.resolutions else None
@@ -109,9 +156,12 @@ def run_random(args: argparse.Namespace) -> dict[str, Any]:
         "reference": run.reference,
     }
     if not args.json:
+        names = out["choices"]
+        if "precision" in out:
+            names = "[" + ", ".join(_names(out["choices"], out["precision"])) + "]"
         print(
-            f"random resolution from {out['choices']} (seed {args.seed}) on {run.model} / "
-            f"{run.dataset}, n={out['n']}: FLOPs drop {out['flops_drop_pct']:.2f} %, "
+            f"random resolution from {names} (seed {args.seed}) on {run.model} / "
+            f"{run.dataset}, n={out['n']}: FLOPs drop {out['flops_drop_pct']:.2f} %{_time(out)}, "
             f"accuracy drop {out['acc_drop_pct']:.2f} points ({_ci(out)})"
         )
     return out
@@ -126,18 +176,18 @@ def budget(args: argparse.Namespace) -> Any:
 def run_select(args: argparse.Namespace) -> dict[str, Any]:
     from ..choose.choices import run_facts, select
 
-    run = records_source(args)
+    run = _run(args)
     if run is None:
         return {}
-    found = select(run, budget(args), test=args.test)
+    found = select(run, budget(args), test=args.test, objective=args.objective)
     out = {**found.to_dict(), **run_facts(run)}
     if args.save:
         out.update(_save_policy(run, found, args))
     if not args.json:
-        r = out["resolution"]
         print(
-            f"selected {r}x{r} for {run.model}: FLOPs drop {out['flops_drop_pct']:.2f} %, "
-            f"held-out accuracy drop {out['acc_drop_pct']:.2f} points ({_ci(out)}); "
+            f"selected {_stage(out['resolution'], out.get('precision'))} for {run.model}: FLOPs "
+            f"drop {out['flops_drop_pct']:.2f} %{_time(out)}, held-out accuracy drop "
+            f"{out['acc_drop_pct']:.2f} points ({_ci(out)}); "
             f"calibration bound {out['calib_upper_bound']:.2f} <= {args.max_drop} at "
             f"{args.confidence:.0%} ({args.test}); {out['n_calib']} calibration / "
             f"{out['n_heldout']} held-out images"
@@ -150,25 +200,29 @@ def run_select(args: argparse.Namespace) -> dict[str, Any]:
 def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
     from ..choose.choices import cascade, cascade_headroom, run_facts
 
-    run = records_source(args)
+    run = _run(args)
     if run is None:
         return {}
-    found = cascade(run, budget(args), signal=args.signal, max_len=args.max_len)
+    found = cascade(
+        run, budget(args), signal=args.signal, max_len=args.max_len, objective=args.objective
+    )
     out = {**found.to_dict(), **run_facts(run)}
     if args.save:
         out.update(_save_policy(run, found, args))
     if not args.json:
-        shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(out["chain"], out["stage_share_pct"]))
+        names = _names(out["chain"], out.get("precision"))
+        shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(names, out["stage_share_pct"]))
+        chain = out["chain"] if "precision" not in out else "[" + ", ".join(names) + "]"
         print(
-            f"cascade {out['chain']} on {out['signal']} (thresholds "
+            f"cascade {chain} on {out['signal']} (thresholds "
             f"{[round(t, 4) for t in out['thresholds']]}) for {run.model}: expected FLOPs "
-            f"drop {out['flops_drop_pct']:.2f} %, held-out accuracy drop "
+            f"drop {out['flops_drop_pct']:.2f} %{_time(out)}, held-out accuracy drop "
             f"{out['acc_drop_pct']:.2f} points ({_ci(out)}); answered at {shares}"
         )
         if out["warning"]:
             print(f"warning: {out['warning']}")
     if args.headroom:
-        out["headroom"] = cascade_headroom(run, budget(args))
+        out["headroom"] = cascade_headroom(run, budget(args), objective=args.objective)
         if not args.json:
             print(headroom_table(out["headroom"], args.max_drop, run.n))
     return out
@@ -186,21 +240,24 @@ def _save_policy(run: Any, found: Any, args: argparse.Namespace) -> dict[str, An
 def headroom_table(rows: list[dict[str, Any]], max_drop: float, n: int) -> str:
     from ..records import SIGNALS
 
-    head = " | ".join(f"{s}: AUROC, answered at r, FLOPs saved" for s in SIGNALS)
+    timed = any("time_saved_pct" in row["perfect"] for row in rows)
+    key, what = ("time_saved_pct", "time saved") if timed else ("flops_drop_pct", "FLOPs saved")
+    head = " | ".join(f"{s}: AUROC, answered at r, {what}" for s in SIGNALS)
     lines = [
         f"\ntwo-stage chains [r, reference] within {max_drop} point(s), thresholds chosen in "
         f"hindsight on all {n} images (an upper bound, not a held-out figure):\n",
-        f"| r | pass cost % | top-1 % | {head} | perfect ranking: answered at r, FLOPs saved |",
+        f"| r | pass cost % | top-1 % | {head} | perfect ranking: answered at r, {what} |",
         "|---:|---:|---:|" + "---|" * (len(SIGNALS) + 1),
     ]
     for row in rows:
         cells = [
-            f"{row[s]['auroc']:.3f}, {row[s]['accept_pct']:.1f} %, {row[s]['flops_drop_pct']:.1f} %"
+            f"{row[s]['auroc']:.3f}, {row[s]['accept_pct']:.1f} %, {row[s][key]:.1f} %"
             for s in SIGNALS
         ]
-        perf = f"{row['perfect']['accept_pct']:.1f} %, {row['perfect']['flops_drop_pct']:.1f} %"
+        perf = f"{row['perfect']['accept_pct']:.1f} %, {row['perfect'][key]:.1f} %"
+        r = _names([row["resolution"]], [row.get("precision", "fp32")])[0]
         lines.append(
-            f"| {row['resolution']} | {row['stage_cost_pct']:.1f} | {row['top1']:.2f} | "
+            f"| {r} | {row['stage_cost_pct']:.1f} | {row['top1']:.2f} | "
             + " | ".join(cells)
             + f" | {perf} |"
         )
@@ -218,10 +275,17 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not label or not path:
             raise ReswiseError(f"--add takes LABEL=RUN_DIR, got '{item}'")
         add[label] = load_run(path)
-    run = records_source(args)
+    run = _run(args)
     if run is None:
         return {}
-    found = compare_policies(run, budget(args), max_len=args.max_len, add=add, out=run.directory)
+    found = compare_policies(
+        run,
+        budget(args),
+        max_len=args.max_len,
+        add=add,
+        out=run.directory,
+        objective=args.objective,
+    )
     out = {**found.to_dict(), **run_facts(run)}
     if not args.json:
         print(compare_header(run, out, budget(args)) + compare_table(out["rows"]))

@@ -101,6 +101,20 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help="skip BN folding and channels-last (results agree within 0.05 points)",
     )
     p.add_argument("--out", help="run directory (default runs/<model>_<data>)")
+    p.add_argument(
+        "--precision",
+        help="stages beside fp32, e.g. fp32,int8 (ONNX Runtime int8, calibrated on the calibration "
+        "part of the --calib-frac/--seed split; bf16 where the machine has it); every stage is "
+        "also timed with ONNX Runtime for --objective time. With --from RUN: the precisions to "
+        "choose among",
+    )
+    p.add_argument(
+        "--quant",
+        default="auto",
+        choices=["auto", "minmax", "percentile", "entropy"],
+        help="int8 calibration: auto (each method, with and without the first and last layer in "
+        "float, chosen per stage by agreement with fp32 on the calibration part) or one method",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --limit subsets and splits")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(

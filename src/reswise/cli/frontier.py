@@ -28,6 +28,18 @@ def add_parser(sub: Any) -> None:
         help="answer 'which model at which resolution' within this many FLOPs (2 per MAC), "
         "e.g. 8e8 or 800M",
     )
+    p.add_argument(
+        "--objective",
+        default="flops",
+        choices=["flops", "time"],
+        help="the cost axis: FLOPs, or time (ONNX Runtime ms per image the sweeps measured with "
+        "--precision; every run timed on the same CPU)",
+    )
+    p.add_argument(
+        "--budget-ms",
+        type=float,
+        help="with --objective time: the best point within this many ms per image",
+    )
     p.add_argument("--out", default="runs/frontier", help="folder for frontier.md/.json/.png")
     add_json(p)
     p.set_defaults(func=run)
@@ -60,7 +72,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs.append(r)
     if len({r.directory for r in runs}) < len(runs):
         raise ReswiseError("a run is given twice with --from; give each run once")
-    result = pareto_front(runs, budget_flops=args.budget_flops)
+    result = pareto_front(
+        runs, budget_flops=args.budget_flops, objective=args.objective, budget_ms=args.budget_ms
+    )
     title = f"{dataset_label(runs[0].dataset)}: {result.part}, n = {result.n}"
     files = write_frontier(result, args.out, title)
     if not args.json:

@@ -72,7 +72,11 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a CIFAR-size model (resumable)")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model on an image folder, at one or several resolutions "
+        "(resumable, torchrun-able; a new head when the folders are a new task)",
+    )
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--test-root", help="ImageFolder test set evaluated after each epoch")
@@ -141,6 +145,7 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
                 "tag": w.tag,
                 "dataset": w.dataset,
                 "top1": w.top1,
+                "input_size": w.input_size or info.input_size,  # where these weights were trained
                 "default": w.tag == info.default_weights,
             }
             for w in info.weights
@@ -223,38 +228,76 @@ def _count(text: str, flag: str) -> int:
         raise ReswiseError(f"{flag} takes a whole number or 'all', got '{text}'") from None
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data import load_dataset, parse_resolutions
-    from ..finetune.train import TrainConfig, train
-    from ..measure.inference import resolve_device
-    from ..pipeline import load_data
+def train_config(args: argparse.Namespace, init: str) -> Any:
+    """The TrainConfig the train flags ask for (``init``: where the starting weights came from)."""
+    from ..data import parse_resolutions
+    from ..finetune.train import TrainConfig
 
-    device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
-    lm = model_from(args, need_weights=False)
-    data = load_data(args)
-    test = load_dataset("imagefolder", args.test_root) if args.test_root else None
     res = args.train_resolutions
     same = pick(args, "epochs", "lr", "warmup_epochs", "label_smoothing", "batch_size", "seed")
-    cfg = TrainConfig(
+    return TrainConfig(
         **same,
         train_resolutions=tuple(parse_resolutions(res)) if res else (),
         bf16=not args.fp32,
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
-        init=lm.weights,
+        init=init,
         sandwich_k=None if args.sandwich_k == "all" else _count(args.sandwich_k, "--sandwich-k"),
         **pick(args, "distill", "largest_weight"),
     )
-    return train(
+
+
+def _data_flags(args: argparse.Namespace) -> list[str]:
+    """The data flags as given, for the model card's command."""
+    flags = ["--dataset", args.dataset] + (
+        ["--data-root", args.data_root] if args.data_root else []
+    )
+    if args.dataset == "cifar10":
+        flags += ["--split", args.split]
+    return flags + (["--limit", str(args.limit)] if args.limit else [])
+
+
+def _with_crop(info: Any, crop: Any) -> Any:
+    import dataclasses
+
+    try:
+        value = float(crop)
+    except ValueError:
+        raise ReswiseError(
+            f"train takes a number for --crop-pct (the held-out crop), got '{crop}'"
+        ) from None
+    if not 0.0 < value <= 1.0:
+        raise ReswiseError(f"--crop-pct must be in (0, 1], got {value}")
+    return dataclasses.replace(info, crop_pct=value)
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import load_dataset
+    from ..finetune.train import train
+    from ..measure.distributed import world
+    from ..measure.inference import resolve_device
+    from ..pipeline import load_data
+
+    device = resolve_device(args.device)  # before the data: a wrong flag fails in a second
+    lm = model_from(args, need_weights=False)
+    if args.crop_pct is not None:  # the held-out evaluation's crop (1.0: whole image)
+        lm.info = _with_crop(lm.info, args.crop_pct)
+    data = load_data(args)
+    test = load_dataset("imagefolder", args.test_root) if args.test_root else None
+    out = train(
         lm,
         data,
-        cfg,
+        train_config(args, lm.weights),
         args.out,
         test_data=test,
         progress=not args.no_progress,
         log=_log(args),
         device=device,
+        data_flags=_data_flags(args),
     )
+    if not args.json and world()[0] == 0:
+        print(f"wrote {args.out} and its model card {out['card']}")
+    return out if world()[0] == 0 else {}  # under torchrun rank 0 alone prints the result
 
 
 def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,12 @@ def require(args: argparse.Namespace, *names: str) -> None:
 
 
 def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
-    from ..ship.latency import POLICY_BACKENDS, format_policy_latency, measure_policy_latency
+    from ..ship.latency import (
+        POLICY_BACKENDS,
+        format_policy_latency,
+        measure_policy_latency,
+        stages_text,
+    )
 
     if not args.data_root:
         raise ReswiseError("--policy needs --data-root DIR: the images its sweep ran on")
@@ -53,7 +58,8 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         held = out["policy_heldout"]
         print(
-            f"{out['model']} cascade {out['chain']} on {out['signal']} vs the fixed reference, "
+            f"{out['model']} cascade {stages_text(out)} on {out['signal']} vs the fixed "
+            f"reference (fp32), "
             f"{out['n_images']} held-out images, {out['device']}, {out['threads']} threads "
             f"(policy file: held-out top-1 {held['top1']:.2f} %, FLOPs saved "
             f"{held['flops_drop_pct']:.1f} %):"

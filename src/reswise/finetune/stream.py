@@ -78,14 +78,19 @@ def stream_batches(
     epoch: int,
     workers: int,
     device: torch.device,
+    start: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of augmented float batches (0..255, ``B x 3 x size x size``) and labels, in a
-    seeded order; the last partial batch included."""
+    seeded order; the last partial batch included. ``start``: the first batch (a resumed
+    epoch); ``shard=(rank, world)``: only every world-th image of each batch from rank, so
+    each process decodes its own share."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + 7919 * epoch))
+    rank, world = shard
+    steps = range(start * batch_size, len(data), batch_size)
     loader = torch.utils.data.DataLoader(
         StreamingFolder(data, size, seed, epoch),
-        batch_size=batch_size,
-        sampler=order.tolist(),
+        batch_sampler=[order[s : s + batch_size][rank::world].tolist() for s in steps],
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )

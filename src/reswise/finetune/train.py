@@ -1,10 +1,13 @@
-"""Train or fine-tune a CIFAR-size model on uint8 tensors in memory (airbench style).
+"""Train or fine-tune any registered model on a folder of images, at one or several resolutions.
 
 Recipe (stated in every model card): SGD + Nesterov momentum 0.9, weight decay 5e-4 on weights
 (not on BN/bias), batch 128, linear warm-up for the first epoch then cosine decay to 0, label
-smoothing 0.1, random crop (4-pixel reflect pad) + horizontal flip done on whole batches.
-Seeded; saves a resumable checkpoint after every epoch (``--out`` + ``.state``) and the final
-``weights_only``-loadable state_dict at ``--out``.
+smoothing 0.1, random crop (4-pixel reflect pad) + horizontal flip done on whole batches
+(same-size folders; others stream, ``reswise.finetune.stream``). Seeded; the resumable state
+(``--out`` + ``.state``) is saved after every epoch and when the run is stopped mid-epoch
+(``reswise.finetune.state``); the final ``weights_only``-loadable state_dict goes to ``--out``
+with the class names its outputs mean, and a model card beside it (``reswise.finetune.card``).
+Under torchrun each process trains on its shard of every batch (``reswise.finetune.ddp``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset, FileImages, TensorImages, normalizer, to_input
+from ..data import Dataset, FileImages, TensorImages, align_labels, normalizer, to_input
 from ..errors import ReswiseError
+from ..measure.flops import count_params
 from ..measure.inference import available_cpus
 from ..models import LoadedModel
 from ..models.checkpoint import checkpoint_state
+from ..records.rundir import interruptible
+from . import ddp
+from .card import CardFacts, write_card
+from .head import fit_task
+from .heldout import evaluate_multires, evaluate_top1, held_out  # noqa: F401 - importable here as before
 from .multires import PrivateBN
+from .state import RunState, StopAtStepEnd
 from .stream import stream_batches
 
 
@@ -50,11 +60,29 @@ class TrainConfig:
     # uniformly from those strictly between (the sandwich rule of slimmable / US-Nets); None:
     # every resolution every step (the recipe of the weights shipped before the rule)
     sandwich_k: int | None = 1
-    bf16: bool = True  # CPU autocast to bfloat16: measured 50 s vs 84 s per ResNet-20 epoch here
+    # autocast to bfloat16 where the device has it (autocast_dtype): on an AVX-512 CPU a
+    # ResNet-20 epoch took 50 s instead of 84 s; on an AVX2-only one a step is 10x slower
+    bf16: bool = True
     # channels-last helps convolution-heavy nets (NASNet: 0.76 vs 1.75 s/step) but not the
     # depthwise-heavy MobileNetV2 (0.69 vs 0.59 s/step), so it is a per-model choice
     channels_last: bool = True
     init: str = ""  # where the starting weights came from (fine-tuning), for the model card
+
+
+def _cpu_has_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast_dtype(dev: torch.device, cfg: TrainConfig) -> torch.dtype | None:
+    """bfloat16 when ``cfg.bf16`` and the device computes it natively, else None (fp32).
+
+    No float16 fallback: it would need a gradient scaler, and fp32 is the safe default.
+    """
+    if not cfg.bf16:
+        return None
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if dev.type == "cpu" and _cpu_has_bf16() else None
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -115,62 +143,45 @@ def sandwich(res_cycle: list[int], k: int | None, g: torch.Generator) -> list[in
     return [res_cycle[0], *(inner[i] for i in pick), res_cycle[-1]]
 
 
-# fields added after runs were saved, with the value those runs used (not today's default)
-_LEGACY = {"sandwich_k": None}
+@dataclass
+class _Plan:
+    """What every step of a run shares."""
 
-
-def _same_config(saved: str, cfg: TrainConfig) -> bool:
-    # fields added to TrainConfig after a run started take their defaults, so it still resumes
-    as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists
-    return {**as_json(TrainConfig()), **_LEGACY, **json.loads(saved)} == as_json(cfg)
-
-
-def evaluate_multires(
-    lm: LoadedModel, wrapper: PrivateBN, data: Dataset, device: str = "cpu"
-) -> dict[int, float]:
-    """Test top-1 at every training resolution, each with its own BN set."""
-    from ..measure.evaluate import sweep
-
-    states = {r: {k: v.detach() for k, v in wrapper.overrides(r).items()} for r in wrapper.extra}
-    res = [wrapper.native, *wrapper.extra]
-    rows = sweep(lm, data, res, bn_states=states, batch_size=256, device=device).rows
-    return {row["resolution"]: row["top1"] for row in rows}
-
-
-def evaluate_top1(
-    lm: LoadedModel, data: Dataset, batch_size: int = 256, device: str = "cpu"
-) -> float:
-    from ..measure.evaluate import sweep
-
-    r = lm.info.input_size
-    return sweep(lm, data, [r], batch_size=batch_size, device=device).rows[0]["top1"]
+    cfg: TrainConfig
+    res: list[int]  # training resolutions, largest first
+    multi: bool  # private BN per resolution: the model takes (x, r)
+    scale_shift: tuple[torch.Tensor, torch.Tensor]
+    dev: torch.device
+    amp: torch.dtype | None  # autocast dtype, None: fp32
+    rank: int = 0
+    world: int = 1
+    workers: int = 0
+    progress: bool = False
 
 
 def _step(
     model: nn.Module,
     xb: torch.Tensor,
     yb: torch.Tensor,
-    cfg: TrainConfig,
-    res_cycle: list[int],
+    plan: _Plan,
+    step_res: list[int],
     weights: list[float],
-    multi: bool,
-    scale_shift: Any,
-    dev: torch.device,
 ) -> torch.Tensor:
-    """Forward and backward at every training resolution (largest first, so it can teach)."""
+    """Forward and backward at each of this step's resolutions (largest first, so it can teach).
+
+    Under DDP every backward all-reduces: gradients accumulate into ``.grad`` already averaged,
+    which stays exact for the parameters one resolution leaves unused (no_sync would make
+    their reduction depend on which resolution came last).
+    """
+    cfg, dev = plan.cfg, plan.dev
     loss = torch.zeros((), device=dev)
     teacher = None
-    for r, w in zip(res_cycle, weights):
-        x = (
-            xb
-            if r == xb.shape[-1]
-            else F.interpolate(
-                xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False
-            )
-        )
-        x = to_input(x, scale_shift, channels_last=cfg.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = (model(x, r) if multi else model(x)).float()
+    for r, w in zip(step_res, weights):
+        x = xb if r == xb.shape[-1] else F.interpolate(
+            xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
+        x = to_input(x, plan.scale_shift, channels_last=cfg.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.amp is not None):
+            logits = (model(x, r) if plan.multi else model(x)).float()
         li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if cfg.distill and teacher is not None:
             kl = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
@@ -182,57 +193,32 @@ def _step(
     return loss
 
 
-class _Run:
-    """Model, optimiser, generator and history of one training run, saved after every epoch."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        opt: torch.optim.Optimizer,
-        g: torch.Generator,
-        cfg: TrainConfig,
-        state_path: Path,
-    ) -> None:
-        self.model, self.opt, self.g, self.cfg, self.path = model, opt, g, cfg, state_path
-        self.start_epoch, self.wall = 0, 0.0
-        self.history: list[dict[str, Any]] = []
-
-    def resume(self, log: Any, out: Path) -> None:
-        if not self.path.is_file():
-            return
-        st = torch.load(self.path, map_location="cpu", weights_only=True)
-        if not _same_config(st["config"], self.cfg):
-            log(f"{self.path} was made with another config; starting afresh")
-            return
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.g.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
-        self.start_epoch, self.wall = int(st["epoch"]), float(st["wall_s"])
-        self.history = json.loads(st["history"])
-        log(f"resuming {out} from epoch {self.start_epoch}")
-
-    def save(self, epoch: int) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "gen": self.g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "wall_s": self.wall,
-                "config": json.dumps(asdict(self.cfg), sort_keys=True),
-                "history": json.dumps(self.history),
-            },
-            tmp,
+def _check(cfg: TrainConfig, n: int, world: int) -> None:
+    if cfg.epochs <= 0:
+        raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
+    if cfg.batch_size <= 0:
+        raise ReswiseError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if 0 < n % cfg.batch_size < world or cfg.batch_size < world:
+        raise ReswiseError(
+            f"a batch of {min(n % cfg.batch_size or cfg.batch_size, cfg.batch_size)} images "
+            f"cannot be shared by {world} processes; pick --batch-size so that every batch of "
+            f"the {n} images has at least {world}"
         )
-        tmp.replace(self.path)
+
+
+def _labels(
+    lm: LoadedModel, data: Dataset, test: Dataset | None
+) -> tuple[Dataset, Dataset | None, tuple[str, ...] | None, str]:
+    """Training and test labels on ``lm``'s outputs; a new head when the folders are a new task."""
+    data, names, how = fit_task(lm, data)
+    if test is not None and not test.label_mapping:
+        test, _ = align_labels(test, lm.info.class_names, num_classes=lm.info.num_classes)
+    return data, test, names, how
 
 
 def train(
     lm: LoadedModel,
-    train_data: TensorImages,
+    train_data: Dataset,
     cfg: TrainConfig,
     out: str | Path,
     test_data: Dataset | None = None,
@@ -240,133 +226,191 @@ def train(
     log: Any = print,
     device: str | torch.device = "cpu",
     workers: int = 4,
+    data_flags: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``lm.model`` in place; resume from ``out.state`` when it exists with the same config.
 
-    Same-size images (:class:`TensorImages`) live on the device as one uint8 tensor and are
-    augmented on whole batches; variable-size ones (:class:`FileImages`) are decoded per step by
-    ``workers`` DataLoader processes with random-resized-crop (``reswise.finetune.stream``).
+    Folders whose classes the model knows train its own head (labels mapped by name); any other
+    folder trains a new head, one output per folder (``reswise.finetune.head``). Same-size images
+    (:class:`TensorImages`) live on the device as one uint8 tensor and are augmented on whole
+    batches; variable-size ones (:class:`FileImages`) are decoded per step by ``workers``
+    DataLoader processes with random-resized-crop (``reswise.finetune.stream``).
 
     ``device`` is not part of the config: a run started on the CPU resumes on a GPU and back
     (augmentation draws stay on the CPU generator; only dropout-style noise differs).
+    ``data_flags``: the CLI's data flags, for the model card's command.
     """
-    dev = torch.device(device)
-    workers = min(workers, available_cpus())  # more decoders than cores only contend
-    if cfg.epochs <= 0:
-        raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
+    rank, world, dev = ddp.setup(torch.device(device))
+    _check(cfg, len(train_data), world)
+    say = log if rank == 0 else (lambda m: None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res_cycle = sorted(cfg.train_resolutions or [lm.info.input_size], reverse=True)
+    torch.manual_seed(cfg.seed)  # before a new head draws its weights
+    train_data, test_data, names, how = _labels(lm, train_data, test_data)
+    say(f"labels: {how}")
+    res = sorted(cfg.train_resolutions or [lm.info.input_size], reverse=True)
     if cfg.channels_last:
         lm.model.to(memory_format=torch.channels_last)
     # multi-resolution training with private BN trains a wrapper; the convolutions stay shared
-    multi = len(res_cycle) > 1 and cfg.private_bn
-    model: nn.Module = PrivateBN(lm.model, res_cycle, lm.info.input_size) if multi else lm.model
+    multi = len(res) > 1 and cfg.private_bn
+    model: nn.Module = PrivateBN(lm.model, res, lm.info.input_size) if multi else lm.model
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a handful of fixed shapes: tune once each
-    torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True
     )
-    run = _Run(model, opt, g, cfg, out.with_suffix(out.suffix + ".state"))
-    run.resume(log, out)
-    for epoch in range(run.start_epoch, cfg.epochs):
-        rec = _epoch(run, lm, train_data, epoch, res_cycle, multi, dev, progress, workers)
-        if test_data is not None:
-            model.eval()
-            if multi:
-                rec["test_top1"] = evaluate_multires(lm, model, test_data, device=str(dev))
-            else:
-                rec["test_top1"] = evaluate_top1(lm, test_data, device=str(dev))
-        run.history.append(rec)
-        log(json.dumps(rec))
-        run.save(epoch + 1)
+    run = RunState(model, opt, g, cfg, out.with_suffix(out.suffix + ".state"), rank)
+    run.resume(say, out)
+    scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
+    plan = _Plan(cfg, res, multi, scale_shift, dev, autocast_dtype(dev, cfg), rank, world,
+                 min(workers, available_cpus()), progress)  # fmt: skip
+    net = ddp.wrap(model, dev, world)
+    with interruptible():  # SIGTERM while evaluating or saving stops as Ctrl-C does
+        while run.epoch < cfg.epochs:
+            with ddp.global_batchnorm(model, world):
+                rec = _epoch(run, net, plan, train_data)
+            rec = _score(rec, run, lm, test_data, plan)
+            say(json.dumps(rec))
+            run.end_epoch(rec)
     model.eval()
-    # CPU tensors, so the file loads anywhere; multi-resolution adds each resolution's private BN
-    # the folder names trained on travel with the weights, so evaluation maps labels by name
-    names = train_data.classes if len(train_data.classes) == lm.info.num_classes else None
-    final = (
-        model.checkpoint_state(names) if multi else checkpoint_state(model.state_dict(), {}, names)
-    )
-    torch.save(final, out)
-    return {
+    result = {
         "epochs": cfg.epochs,
         "wall_s": run.wall,
         "history": run.history,
         "config": asdict(cfg),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "autocast": "off" if plan.amp is None else str(plan.amp).removeprefix("torch."),
+        "world_size": world,
+        "num_classes": lm.info.num_classes,
+        "classes": list(names) if names is not None else None,
+        "labels": how,
+        "input_size": lm.info.input_size,
     }
+    if rank == 0:
+        _finish(lm, model, out, result, names, train_data, test_data, data_flags)
+    return result
 
 
-def _epoch(
-    run: _Run,
-    lm: LoadedModel,
-    train_data: TensorImages,
-    epoch: int,
-    res_cycle: list[int],
-    multi: bool,
-    dev: torch.device,
-    progress: bool,
-    workers: int = 4,
+def _score(
+    rec: dict[str, Any], run: RunState, lm: LoadedModel, test: Dataset | None, plan: _Plan
 ) -> dict[str, Any]:
-    cfg, model, opt, g = run.cfg, run.model, run.opt, run.g
-    n = len(train_data)
-    # the last partial batch counts: a folder smaller than one batch still learns
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
-    t0 = time.perf_counter()
-    model.train()
-    batches = _batches(train_data, cfg, g, epoch, res_cycle[0], dev, workers)
-    tot_loss, seen = torch.zeros((), device=dev), 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    """The epoch's record with its held-out top-1 (rank 0 evaluates), on every rank."""
+    try:
+        if test is not None and plan.rank == 0:
+            run.model.eval()
+            rec["test_top1"] = held_out(lm, run.model, test, plan.res, str(plan.dev))
+        return ddp.from_rank0(rec, plan.world)
+    except KeyboardInterrupt:
+        run.save()  # the epoch's steps are done: the rerun evaluates and goes on
+        raise
 
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-    for s in range(steps_per_epoch):
-        for gr in opt.param_groups:
-            gr["lr"] = lr_at(epoch * steps_per_epoch + s, total, warmup, cfg.lr)
-        xb, yb = next(batches)
-        opt.zero_grad(set_to_none=True)
-        step_res = sandwich(res_cycle, cfg.sandwich_k, g)  # all of them when <= 2
-        weights = loss_weights(len(step_res), cfg.largest_weight)
-        loss = _step(model, xb, yb, cfg, step_res, weights, multi, scale_shift, dev)
-        opt.step()
-        tot_loss += loss * len(yb)
-        seen += len(yb)
-        if bar:
-            bar.update(1)
-            if s % 20 == 0:
-                bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}")
-    if bar:
-        bar.close()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
-    run.wall += time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": tot_loss.item() / max(1, seen), "wall_s": run.wall}
+
+def _finish(
+    lm: LoadedModel,
+    model: nn.Module,
+    out: Path,
+    result: dict[str, Any],
+    names: tuple[str, ...] | None,
+    data: Dataset,
+    test: Dataset | None,
+    data_flags: list[str] | None,
+) -> None:
+    """Write the weights (CPU tensors, each extra resolution's private BN, the class names the
+    outputs mean) and the model card beside them."""
+    if isinstance(model, PrivateBN):
+        final = model.checkpoint_state(names)
+        bn_numbers = sum(t.numel() for t in model.overrides(model.extra[0]).values())
+    else:
+        final, bn_numbers = checkpoint_state(model.state_dict(), {}, names), 0
+    torch.save(final, out)
+    cfg = TrainConfig(**{**result["config"], "train_resolutions": tuple(
+        result["config"]["train_resolutions"])})  # fmt: skip
+    facts = CardFacts(lm.info.name, cfg.init or lm.weights, data, test, result["labels"],
+                      count_params(lm.model), bn_numbers, data_flags)  # fmt: skip
+    result["card"] = str(write_card(out, cfg, facts, result))
+
+
+def _stop(run: RunState, plan: _Plan, step: int, tot: torch.Tensor, seen: int) -> None:
+    """Save the state at this step boundary (every rank's loss and image count) and stop."""
+    run.step = step
+    run.loss_sums = ddp.gather(float(tot.item()), plan.world)
+    run.seens = ddp.gather(seen, plan.world)
+    run.save()
+    raise KeyboardInterrupt
+
+
+def _asked(stop: StopAtStepEnd, plan: _Plan) -> bool:
+    """Whether any rank was asked to stop: every rank stops at the same step."""
+    if plan.world == 1:
+        return stop.asked > 0
+    return bool(ddp.total(torch.tensor([stop.asked], device=plan.dev), plan.world).item())
+
+
+def _epoch(run: RunState, net: nn.Module, plan: _Plan, data: Dataset) -> dict[str, Any]:
+    cfg, g, dev = plan.cfg, run.g, plan.dev
+    n, bs = len(data), cfg.batch_size
+    steps = math.ceil(n / bs)  # the last partial batch counts: a small folder still learns
+    total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
+    if run.step == 0 and not isinstance(data, FileImages):
+        run.perm = torch.randperm(n, generator=g)  # drawn on the CPU generator, kept in the state
+    mine = lambda xs: xs[plan.rank] if plan.rank < len(xs) else 0  # noqa: E731
+    tot, seen = torch.tensor(float(mine(run.loss_sums)), device=dev), int(mine(run.seens))
+    t0 = time.perf_counter()
+    net.train()
+    batches = _batches(data, plan, run)
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, initial=min(n, run.step * bs), unit="img", leave=False,
+               desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+               disable=not plan.progress or plan.rank != 0)  # fmt: skip
+    with StopAtStepEnd() as stop, bar:
+        for s in range(run.step, steps):
+            if _asked(stop, plan):
+                run.wall += time.perf_counter() - t0
+                _stop(run, plan, s, tot, seen)
+            for gr in run.opt.param_groups:
+                gr["lr"] = lr_at(run.epoch * steps + s, total, warmup, cfg.lr)
+            xb, yb = next(batches)
+            run.opt.zero_grad(set_to_none=True)
+            step_res = sandwich(plan.res, cfg.sandwich_k, g)  # all of them when <= 2
+            weights = loss_weights(len(step_res), cfg.largest_weight)
+            loss = _step(net, xb, yb, plan, step_res, weights)
+            run.opt.step()
+            tot += loss * len(yb)
+            seen += len(yb)
+            bar.update(min(bs, n - s * bs))
+            if s % 20 == 0 and bar.n and not bar.disable:
+                bar.set_postfix(loss=f"{tot.item() / max(1, seen):.3f}")
+        if dev.type == "cuda":
+            torch.cuda.synchronize()  # the epoch's wall time includes its queued GPU work
+        run.wall += time.perf_counter() - t0
+        if _asked(stop, plan):  # asked during the last step: evaluate and save on the rerun
+            _stop(run, plan, steps, tot, seen)
+    # the state as of the epoch's last step, in case evaluating it is interrupted
+    run.step, run.loss_sums = steps, ddp.gather(float(tot.item()), plan.world)
+    run.seens = per_rank = ddp.gather(seen, plan.world)
+    loss_sum = sum(run.loss_sums)
+    return {"epoch": run.epoch + 1, "loss": loss_sum / max(1, sum(per_rank)),
+            "wall_s": run.wall, "images_per_rank": per_rank}  # fmt: skip
 
 
 def _batches(
-    data: Dataset,
-    cfg: TrainConfig,
-    g: torch.Generator,
-    epoch: int,
-    size: int,
-    dev: torch.device,
-    workers: int,
+    data: Dataset, plan: _Plan, run: RunState
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of augmented batches (float 0..255) and labels, the last partial one included."""
+    """The rest of the epoch from step ``run.step``: this rank's share of every augmented batch
+    (float 0..255) and its labels, the last partial batch included."""
+    cfg, dev, bs = plan.cfg, plan.dev, plan.cfg.batch_size
     if isinstance(data, FileImages):
-        yield from stream_batches(data, size, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                  workers=workers, device=dev)  # fmt: skip
+        yield from stream_batches(data, plan.res[0], bs, seed=cfg.seed, epoch=run.epoch,
+                                  workers=plan.workers, device=dev, start=run.step,
+                                  shard=(plan.rank, plan.world))  # fmt: skip
         return
+    assert isinstance(data, TensorImages)
     # the whole uint8 set lives on the device (150 MB for CIFAR-10): no loader on the hot path
-    images, labels = data.images.to(dev), data.labels.to(dev)
-    perm = torch.randperm(len(data), generator=g).to(dev)  # drawn on the CPU generator, moved once
-    for s in range(0, len(data), cfg.batch_size):
-        idx = perm[s : s + cfg.batch_size]
-        yield augment(images[idx], g), labels[idx]
+    images, labels, perm = data.images.to(dev), data.labels.to(dev), run.perm.to(dev)
+    for s in range(run.step * bs, len(data), bs):
+        idx = perm[s : s + bs]
+        xb = augment(images[idx], run.g)  # every rank draws the whole batch: same generator
+        yield ddp.shard(xb, plan.rank, plan.world), ddp.shard(labels[idx], plan.rank, plan.world)

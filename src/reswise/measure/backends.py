@@ -65,6 +65,9 @@ class Runner:
     channels_last: bool  # the input layout the backend wants (eager/compile on CPU)
     batch: int | None = None  # compiled for exactly this batch: smaller batches are padded
     setup_s: float = 0.0  # export / compile time paid for this runner
+    # takes resized pixels (float 0..255) and normalises inside: the int8 graphs, so the sweep,
+    # AdaptiveClassifier and the exported stage share one normalisation arithmetic
+    pixels: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -129,17 +132,24 @@ def onnx_path(base: nn.Module, name: str, resolution: int, opset: int = 17) -> P
     return cache_root() / "backends" / f"{tag}-opset{opset}-torch{torch.__version__}.onnx"
 
 
-def _onnxruntime(base: nn.Module, name: str, resolution: int, threads: int) -> Runner:
-    from .onnx import export_graph, require_onnxruntime
+def cached_graph(base: nn.Module, name: str, resolution: int) -> Path:
+    """The fp32 ONNX graph of these weights at this resolution, exported once into the cache."""
+    from .onnx import export_graph
 
-    ort = require_onnxruntime()
-    t = time.perf_counter()
     path = onnx_path(base, name, resolution)
     if not path.is_file():
         net = copy.deepcopy(base).float().eval().to("cpu", memory_format=torch.contiguous_format)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.onnx")
         export_graph(net, resolution, tmp)
         os.replace(tmp, path)  # a killed export never leaves half a graph in the cache
+    return path
+
+
+def ort_session(path: str | Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session the way reswise runs every graph (sweep, timing, runtime)."""
+    from .onnx import require_onnxruntime
+
+    ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -147,13 +157,24 @@ def _onnxruntime(base: nn.Module, name: str, resolution: int, threads: int) -> R
     # and takes the softmax with torch's threads, and spinning ones took the cores from them:
     # resize + forward of a CIFAR sweep took 29 s with spinning, 16 s without (2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def session_runner(sess: Any, backend: str, setup_s: float = 0.0, pixels: bool = False) -> Runner:
+    """A runner over an ONNX Runtime session (fp32 or int8 graph) with one input."""
+    name = sess.get_inputs()[0].name
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         feed = x.detach().to("cpu", memory_format=torch.contiguous_format).float().numpy()
-        return torch.from_numpy(sess.run(None, {"input": feed})[0])
+        return torch.from_numpy(sess.run(None, {name: feed})[0])
 
-    return Runner("onnxruntime", fn, channels_last=False, setup_s=time.perf_counter() - t)
+    return Runner(backend, fn, channels_last=False, setup_s=setup_s, pixels=pixels)
+
+
+def _onnxruntime(base: nn.Module, name: str, resolution: int, threads: int) -> Runner:
+    t = time.perf_counter()
+    sess = ort_session(cached_graph(base, name, resolution), threads)
+    return session_runner(sess, "onnxruntime", time.perf_counter() - t)
 
 
 def make_runner(

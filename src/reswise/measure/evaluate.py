@@ -83,6 +83,7 @@ def sweep(
     save_every_s: float = 30.0,
     keep_progress: bool = False,
     backend: str = "eager",
+    runners: dict[int, Runner] | None = None,
 ) -> SweepResult:
     """Evaluate ``model`` on ``dataset`` at every resolution, decoding each image once.
 
@@ -93,7 +94,8 @@ def sweep(
     every world-th chunk starting at rank (used by the distributed sweep). ``bn_states`` maps a
     resolution to BatchNorm buffers to load before evaluating at it (BN recalibration); a
     LoadedModel's own per-resolution state is used when it is not given. ``backend`` runs the
-    forward (:mod:`reswise.measure.backends`; ``auto`` picks per resolution).
+    forward (:mod:`reswise.measure.backends`; ``auto`` picks per resolution); ``runners`` gives
+    the forward per resolution outright (the int8 and bf16 stages of ``sweep --precision``).
     """
     device = str(resolve_device(device))
     backend = check_backend(backend, device)
@@ -106,7 +108,10 @@ def sweep(
     t0 = time.perf_counter()  # backend set-up (export, compile, probe) counts against the run
     n_batches = -(-len(dataset) // bs) // shard[1]
     kw = {"backend": backend, "name": name, "batch": bs, "n_batches": n_batches}
-    nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device, **kw)
+    if runners is not None:
+        nets, fast_desc = {r: runners[r] for r in resolutions}, runners[resolutions[0]].backend
+    else:
+        nets, fast_desc = build_nets(net, resolutions, bn_states, fast, device, **kw)
     setup_s = time.perf_counter() - t0
     key = config_key(
         model=name,
@@ -313,7 +318,8 @@ class _Loop:
         for ri, r in enumerate(self.resolutions):
             t = time.perf_counter()
             cl = nets[r].channels_last
-            x = to_input(self.policy(images, r), self.scale_shift, channels_last=cl)
+            x = self.policy(images, r)
+            x = x.float() if nets[r].pixels else to_input(x, self.scale_shift, channels_last=cl)
             logits = nets[r](x.to(self.device)).float()
             if not self.checked:
                 self._allocate(logits.shape[1])

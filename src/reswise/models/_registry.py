@@ -22,7 +22,7 @@ from torch import nn
 from ..data.policy import ResizePolicy
 from ..errors import ReswiseError
 from ..records import sha256_file
-from .checkpoint import ExtraState, check_fits, split_checkpoint
+from .checkpoint import ExtraState, check_fits, peek_class_names, split_checkpoint
 from .finite import check_loaded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,13 +43,25 @@ class Weights:
     dataset: str = ""
     top1: float | None = None  # measured top-1 (%) on `dataset` at the native resolution
     notes: str = ""
+    # the resolution these weights were trained at when it is not the architecture's (a Lite0
+    # fine-tuned at 96); None: the model's input_size
+    input_size: int | None = None
 
 
-def jpeg_weights(tag: str, filename: str, sha256: str, top1: float, notes: str) -> Weights:
+def jpeg_weights(
+    tag: str,
+    filename: str,
+    sha256: str | None,
+    top1: float,
+    notes: str,
+    input_size: int | None = None,
+) -> Weights:
     """Weights reswise trained on ../shared/datasets/cifar10-jpeg/train, shipped in the package
-    (``weights/cifar10-jpeg/``, model card beside the file)."""
+    (``weights/cifar10-jpeg/``, model card beside the file); ``input_size`` when they were
+    trained at another resolution than the architecture's."""
     return Weights(tag=tag, filename=filename, sha256=sha256, subdir="cifar10-jpeg",
-                   dataset="CIFAR-10 (JPEG copy)", top1=top1, notes=notes)  # fmt: skip
+                   dataset="CIFAR-10 (JPEG copy)", top1=top1, notes=notes,
+                   input_size=input_size)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -311,6 +323,14 @@ def create_model(
     are ``None`` are dropped so the builder's own defaults win (as in timm).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if checkpoint is not None and "num_classes" not in kwargs:
+        # a new task's weights (reswise train) carry their class names: build that many outputs
+        names = peek_class_names(checkpoint)
+        if names is not None and len(names) != model_info(name).num_classes:
+            try:
+                return create_model(name, pretrained, checkpoint, num_classes=len(names), **kwargs)
+            except ReswiseError:  # names and weights disagree: the model's own size says how
+                pass
     resolved = _resolver(name)
     if resolved is not None:
         rest, (_, create_fn) = resolved
@@ -329,6 +349,8 @@ def create_model(
             w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
             path = resolve_weights(w)
             source = f"{name}.{w.tag}"
+            if w.input_size:  # trained at another size: that is where its sweep starts
+                info = dataclasses.replace(info, input_size=w.input_size)
     if kwargs.get("num_classes", info.num_classes) != info.num_classes:
         info = dataclasses.replace(info, num_classes=kwargs["num_classes"], class_names=None)
     if checkpoint is not None:

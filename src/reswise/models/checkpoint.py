@@ -68,6 +68,22 @@ def decode_class_names(t: torch.Tensor) -> tuple[str, ...]:
         ) from None
 
 
+def peek_class_names(path: str | Path) -> tuple[str, ...] | None:
+    """The class names a checkpoint file carries, read before any model is built (a new task's
+    head has as many outputs as names); None when it carries none or cannot be read (loading
+    it then says why). Memory-mapped: a large file is not read whole twice."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    for key in ("state_dict", "model", "model_state_dict"):  # the containers loading unwraps
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    t = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
+    return decode_class_names(t) if isinstance(t, torch.Tensor) else None
+
+
 def _decode_key(key: str) -> tuple[int, str]:
     if not key.startswith(PREFIX):
         raise ReswiseError(

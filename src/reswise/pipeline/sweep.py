@@ -39,6 +39,7 @@ from ..models._registry import shared_root
 from ..records import BNPass, SweepResult, jsonable, summarize, write_atomic
 from ..records.report import write_report
 from ..records.rundir import interruptible, owned
+from .precision import parse_precisions, precision_pass, quant_options
 
 
 @dataclass
@@ -76,6 +77,12 @@ class SweepConfig:
     threads: int | None = None  # intra-op threads; default: the CPUs this process may use
     save_every_s: float = 30.0  # how often progress is saved (a killed run loses at most this)
     class_map: str | None = None  # JSON {folder: model class name or index}
+    # stages beside fp32 ("fp32,int8[,bf16]"); None: fp32 only and no ONNX Runtime timing.
+    # int8 is calibrated on the calibration part of the calib_frac/seed split (pipeline/precision)
+    precision: str | list[str] | None = None
+    # int8 settings tried per stage on the calibration half: "auto" = every method with and
+    # without float ends (measure/quantize); a method name ("minmax") = that one, all int8
+    quant: str = "auto"
 
     def out_dir(self) -> Path:
         if self.out:
@@ -141,6 +148,8 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (choose/crops.py)
         return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
+    parse_precisions(cfg.precision)  # a bad --precision or --quant fails before any pass
+    quant_options(cfg.quant)
     out = cfg.out_dir()
     rank = distributed.world()[0]
     with owned(out, rank), interruptible(), torch_threads(cfg.threads or available_cpus()):
@@ -169,6 +178,8 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
             bn = _bn_pass(cfg, lm, data, res, policy, result, out, kw)
             if result is not None:
                 result.bn = bn
+        if cfg.precision is not None:
+            precision_pass(cfg, lm, data, res, policy, result, out, kw)
         if result is not None:
             if cfg.latency:
                 _add_latency(cfg, lm, res, result)
@@ -292,6 +303,11 @@ def _refuse_auto_crop(cfg: Any, task: str) -> None:
     if cfg.recalibrate_bn:
         raise ReswiseError(
             "--crop-pct auto and --recalibrate-bn are not combined; run two sweeps (one with each)"
+        )
+    if getattr(cfg, "precision", None):
+        raise ReswiseError(
+            "--crop-pct auto and --precision are not combined; sweep each crop with --crop-pct C "
+            "--precision ... and compare the runs with reswise frontier"
         )
 
 

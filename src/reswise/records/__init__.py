@@ -11,22 +11,37 @@ from .core import (
     Records,
     SweepResult,
     confidence,
-    jsonable,
-    save_npz,
-    sha256_file,
+    row_key,
     summarize,
-    write_atomic,
+)
+from .files import jsonable, save_npz, sha256_file, write_atomic
+from .stages import (
+    PRECISIONS,
+    Stage,
+    parse_stage,
+    stage,
+    stage_name,
+    stage_order,
+    unstage,
 )
 
 __all__ = [
+    "Stage",
+    "PRECISIONS",
     "SIGNALS",
     "BNPass",
     "Records",
     "SweepResult",
     "confidence",
     "jsonable",
+    "parse_stage",
+    "row_key",
     "save_npz",
     "sha256_file",
+    "stage",
+    "stage_name",
+    "stage_order",
     "summarize",
+    "unstage",
     "write_atomic",
 ]

@@ -6,9 +6,7 @@ works from these, so it never needs torch or a model pass.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReswiseError
+from .files import jsonable, save_npz, write_atomic
+from .stages import PRECISIONS, Stage, stage, stage_name, unstage
 from .stats import paired_drop_ci, wilson
 
 # Confidence signals, higher = more confident. Defined once: records, the cascade module and
@@ -36,7 +36,11 @@ def confidence(topk_prob: np.ndarray, entropy: np.ndarray, signal: str) -> np.nd
 
 @dataclass
 class Records:
-    """Per-sample outcomes: arrays indexed [resolution, sample, k]."""
+    """Per-sample outcomes: arrays indexed [stage, sample, k].
+
+    A stage is a resolution, or a (resolution, precision) pair when ``precision`` is given (one
+    entry per row; None: every row fp32). Rows are looked up by stage key (:func:`stage`).
+    """
 
     resolutions: list[int]
     indices: np.ndarray  # int64 [N] positions in the dataset
@@ -47,9 +51,23 @@ class Records:
     # a second key beside the resolution: the crop each row was evaluated with (NaN: the
     # policy's default); room for per-resolution crops without changing the format again
     crop_pct: np.ndarray | None = None  # float64 [R]
+    precision: list[str] | None = None  # [R]; None: all fp32
 
-    def row(self, r: int) -> int:
-        return self.resolutions.index(r)
+    @property
+    def keys(self) -> list[Stage]:
+        """The stage key of every row, in row order."""
+        if self.precision is None:
+            return [int(r) for r in self.resolutions]
+        return [stage(r, p) for r, p in zip(self.resolutions, self.precision)]
+
+    def row(self, r: Stage) -> int:
+        try:
+            return self.keys.index(r)
+        except ValueError:
+            raise ReswiseError(
+                f"stage {stage_name(r)} is not in the records "
+                f"({', '.join(map(stage_name, self.keys))}); rerun the sweep with it"
+            ) from None
 
     def correct(self, r: int, k: int = 1) -> np.ndarray:
         i = self.row(r)
@@ -70,20 +88,53 @@ class Records:
             self.topk_prob[:, s],
             self.entropy[:, s],
             self.crop_pct,
+            self.precision,
         )
 
-    def only(self, resolutions: list[int]) -> Records:
-        """The same images at fewer resolutions (in the order given)."""
-        i = [self.row(r) for r in resolutions]
+    def only(self, keys: list[Stage]) -> Records:
+        """The same images at fewer stages (in the order given)."""
+        i = [self.row(k) for k in keys]
         crop = None if self.crop_pct is None else np.asarray(self.crop_pct)[i]
+        prec = None if self.precision is None else [unstage(k)[1] for k in keys]
         return Records(
-            list(resolutions),
+            [unstage(k)[0] for k in keys],
             self.indices,
             self.labels,
             self.topk_idx[i],
             self.topk_prob[i],
             self.entropy[i],
             crop,
+            prec,
+        )
+
+    def stack(self, other: Records) -> Records:
+        """These rows and ``other``'s (the same images at further stages) as one set of records."""
+        if not np.array_equal(self.indices, other.indices):
+            raise ReswiseError("records of different images cannot be stacked; rerun the sweep")
+        k = min(self.topk_idx.shape[2], other.topk_idx.shape[2])
+        crops = (self.crop_pct, other.crop_pct)
+        crop = (
+            None
+            if crops[0] is None and crops[1] is None
+            else np.concatenate(
+                [
+                    np.full(len(x.resolutions), np.nan) if c is None else np.asarray(c, np.float64)
+                    for x, c in zip((self, other), crops)
+                ]
+            )
+        )
+        keys = self.keys + other.keys
+        if len(set(keys)) != len(keys):
+            raise ReswiseError("the stacked records repeat a stage; rerun the sweep")
+        return Records(
+            [unstage(k)[0] for k in keys],
+            self.indices,
+            self.labels,
+            np.concatenate([self.topk_idx[:, :, :k], other.topk_idx[:, :, :k]]),
+            np.concatenate([self.topk_prob[:, :, :k], other.topk_prob[:, :, :k]]),
+            np.concatenate([self.entropy, other.entropy]),
+            crop,
+            [unstage(x)[1] for x in keys],
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -97,6 +148,8 @@ class Records:
         }
         if self.crop_pct is not None:
             out["crop_pct"] = np.asarray(self.crop_pct, np.float64)
+        if self.precision is not None:
+            out["precision"] = np.array(self.precision)
         return out
 
     def save(self, path: str | Path) -> None:
@@ -114,6 +167,7 @@ class Records:
                     d["topk_prob"],
                     d["entropy"],
                     d["crop_pct"] if "crop_pct" in d.files else None,
+                    [str(p) for p in d["precision"]] if "precision" in d.files else None,
                 )
         except Exception as e:  # zip, zlib, pickle and shape errors all mean the same here
             raise ReswiseError(
@@ -132,7 +186,11 @@ class Records:
             and self.topk_idx.shape[:2] == (r, n)
             and self.topk_prob.shape == self.topk_idx.shape
             and self.entropy.shape == (r, n)
+            and (self.precision is None or len(self.precision) == r)
         )
+        if ok and self.precision is not None:
+            bad = [p for p in self.precision if p not in PRECISIONS]
+            ok = not bad and len(set(self.keys)) == r
         if not ok:
             raise ReswiseError(
                 f"per-sample records {source} have inconsistent shapes; run the sweep again"
@@ -184,29 +242,50 @@ class SweepResult:
         return len(self.records.labels)
 
     @property
-    def flops(self) -> dict[int, int]:
-        return {int(r["resolution"]): r["flops"] for r in self.rows}
+    def flops(self) -> dict[Stage, int]:
+        """FLOPs per image of every stage (a precision changes the time, not the FLOPs)."""
+        return {row_key(r): r["flops"] for r in self.rows}
+
+    def cost(self, objective: str = "flops") -> dict[Stage, float]:
+        """What a chooser minimises per stage: FLOPs per image, or ``time``: ONNX Runtime
+        milliseconds per image at batch 64 as measured by the sweep on its machine."""
+        if objective == "flops":
+            return {k: float(v) for k, v in self.flops.items()}
+        if objective != "time":
+            raise ReswiseError(f"unknown objective '{objective}'; use flops or time")
+        missing = [row_key(r) for r in self.rows if not r.get("ort_ms_b64")]
+        if missing:
+            raise ReswiseError(
+                f"the run has no measured time for stage {stage_name(missing[0])}; rerun the "
+                "sweep with --precision (it times every stage) or use --objective flops"
+            )
+        return {row_key(r): r["ort_ms_b64"] / 64.0 for r in self.rows}
 
     def restrict(self, resolutions: list[int] | None, reference: int | None) -> SweepResult:
         """This run seen through ``--resolutions`` (a subset) and ``--reference`` (one of them).
 
-        Choosing commands then pick only among the given resolutions; the reference stays in
-        the records, since every drop is measured against it.
+        Choosing commands then pick only among the given resolutions (each at every precision
+        swept); the reference stays in the records, since every drop is measured against it.
         """
         have = self.records.resolutions
         ref = self.reference if reference is None else int(reference)
-        keep = list(dict.fromkeys([ref, *(resolutions or have)]))
-        missing = [r for r in keep if r not in have]
+        wanted = list(dict.fromkeys([ref, *(resolutions or have)]))
+        missing = [r for r in wanted if r not in have]
         if missing:
             raise ReswiseError(
-                f"resolution {missing[0]} is not in the run's records ({have}); choose among "
-                "those, or rerun the sweep with it"
+                f"resolution {missing[0]} is not in the run's records "
+                f"({sorted(set(have))}); choose among those, or rerun the sweep with it"
             )
-        rows = [next(r for r in self.rows if r["resolution"] == k) for k in keep]
+        # the reference's other precisions are candidates only when --resolutions names it
+        chosen = resolutions or have
+        keep = [ref] + [k for r in chosen for k in self.records.keys if unstage(k)[0] == r]
+        keep = list(dict.fromkeys(keep))
+        rows = [next(r for r in self.rows if row_key(r) == k) for k in keep]
         bn = None
         if self.bn:
-            bn_rows = [next(r for r in self.bn.rows if r["resolution"] == k) for k in keep]
-            bn = replace(self.bn, records=self.bn.records.only(keep), rows=bn_rows)
+            bn_keep = [k for k in keep if k in self.bn.records.keys]
+            bn_rows = [next(r for r in self.bn.rows if row_key(r) == k) for k in bn_keep]
+            bn = replace(self.bn, records=self.bn.records.only(bn_keep), rows=bn_rows)
         return replace(self, records=self.records.only(keep), rows=rows, reference=ref, bn=bn)
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,43 +373,9 @@ class SweepResult:
         )
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: never a half-written file,
-    and no temporary file left behind when the write fails (a full disk, say)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
-    import io
-
-    buf = io.BytesIO()
-    (np.savez_compressed if compress else np.savez)(buf, **arrays)
-    write_atomic(path, buf.getvalue())
-
-
-def jsonable(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
+def row_key(row: dict[str, Any]) -> Stage:
+    """The stage a results row describes (rows before precisions are fp32)."""
+    return stage(row["resolution"], row.get("precision", "fp32"))
 
 
 def summarize(
@@ -351,12 +396,14 @@ def summarize(
     ref = records.correct(reference) if ref_correct is None else ref_correct
     by_res = {f["resolution"]: f for f in flops}
     rows = []
-    for i, r in enumerate(records.resolutions):
-        c1, c5 = records.correct(r), records.correct(r, 5)
+    for i, key in enumerate(records.keys):
+        r, prec = unstage(key)
+        c1, c5 = records.correct(key), records.correct(key, 5)
         t1 = 100.0 * c1.mean() if n else float("nan")
         rows.append(
             {
                 "resolution": r,
+                **({} if records.precision is None else {"precision": prec}),
                 "n": n,
                 "top1": t1,
                 "top1_ci": list(wilson(int(c1.sum()), n)),

@@ -79,7 +79,9 @@ def seed_table(rows: list[dict[str, Any]], with_top1: bool = True) -> str:
         sep += "-----------|----------------|-------|"
     lines = [head, sep]
     for r in rows:
-        line = f"| {r['resolution']} x {r['resolution']} | {r['flops_drop_pct']:.2f} | "
+        p = r.get("precision", "fp32")
+        tag = "" if p == "fp32" else f" {p}"
+        line = f"| {r['resolution']} x {r['resolution']}{tag} | {r['flops_drop_pct']:.2f} | "
         line += f"{r['acc_drop_pct']:.2f} |"
         if with_top1:
             lo, hi = r["acc_drop_ci"]

@@ -35,6 +35,8 @@ from .policy_file import (
     check_policy,
     load_bn_states,
     load_policy,
+    load_quant,
+    precision_of,
     save_policy,
 )
 from .runtime import check_unit_range
@@ -134,9 +136,13 @@ def save_choice(
     if run.bn is not None:
         calib, _ = calib_heldout_split(run.n, budget.calib_frac, budget.seed)
         use_recal.update(best_of(run.records, run.bn.records, calib, run.reference)[1])
+    prec = precision_of(found)
+    # int8 rows come from the plain pass (the weights' own BN): their stage keeps that BN
     bn_source = {
-        r: "recalibrated" if use_recal[r] else ("weights" if lm.extra.get(r) else "shared")
-        for r in chain
+        r: "recalibrated"
+        if use_recal.get(r) and p == "fp32"
+        else ("weights" if lm.extra.get(r) else "shared")
+        for r, p in zip(chain, prec)
     }
     resize = _run_resize(run, lm)
     pre = {
@@ -161,8 +167,48 @@ def save_choice(
         class_names=list(lm.info.class_names) if lm.info.class_names else None,
     )
     states = run.bn.states if run.bn is not None else None
-    out = save_policy(policy, path, states)
+    quant = {r: _quant_kept(run, r) for r, p in zip(chain, prec) if p == "int8"}
+    out = save_policy(policy, path, states, quant)
     return {"policy_file": str(out), "bn": policy["bn"], "weights_sha256": weights["sha256"]}
+
+
+def _quant_kept(run: SweepResult, r: int) -> dict[str, Any]:
+    """What rebuilds the sweep's int8 graph at ``r``: settings, ranges and the graph's sha256."""
+    import json
+
+    stage = run.meta.get("quant", {}).get("stages", {}).get(str(r))
+    ranges = Path(run.directory or ".") / stage["ranges"] if stage else None
+    if ranges is None or not ranges.is_file():
+        raise ReswiseError(
+            f"the run {run.directory} kept no quantization parameters for {r}/int8; rerun the "
+            "sweep with --precision fp32,int8"
+        )
+    return {
+        "settings": stage["settings"],
+        "ranges": json.loads(ranges.read_text()),
+        "graph_sha256": stage["graph_sha256"],
+        "agreement_calibration": stage["agreement"],
+    }
+
+
+def int8_stages(
+    policy: dict[str, Any], lm: LoadedModel, bn: dict[int, dict[str, torch.Tensor]]
+) -> dict[int, Path]:
+    """Per int8 stage, the graph the sweep ran (resized pixels, float 0..255, in; logits out:
+    normalisation + the int8 network), rebuilt from the policy's quantization parameters."""
+    from ..measure.backends import cached_graph
+    from ..measure.quantize import rebuild_int8, with_normalize
+
+    quant = load_quant(policy)
+    out = {}
+    for r, stage in quant.items():
+        net = lm.model
+        if r in bn:
+            net = copy.deepcopy(lm.model)
+            net.load_state_dict(bn[r], strict=False)
+        graph = rebuild_int8(cached_graph(net, lm.info.name, r), stage)
+        out[r] = with_normalize(graph, lm.info.mean, lm.info.std)
+    return out
 
 
 def stage_bn(policy: dict[str, Any], lm: LoadedModel) -> dict[int, dict[str, torch.Tensor]]:
@@ -239,8 +285,27 @@ class AdaptiveClassifier(nn.Module):
         pre = policy["preprocessing"]
         self.scale_shift = normalizer(tuple(pre["mean"]), tuple(pre["std"]))
         self.channels_last = fast and device == "cpu"
-        self.stages = nn.ModuleList(stage_nets(lm, self.chain, stage_bn(policy, lm), fast, device))
+        bn = stage_bn(policy, lm)
+        self.stages = nn.ModuleList(stage_nets(lm, self.chain, bn, fast, device))
         self.device = torch.device(device)
+        # int8 stages run the sweep's own int8 graph in ONNX Runtime (torch has no such kernels)
+        self.precision = policy.get("precision") or ["fp32"] * len(self.chain)
+        self.sessions: dict[int, Any] = {}
+        if "int8" in self.precision:
+            if not device.startswith("cpu"):
+                raise ReswiseError(
+                    "the policy has int8 stages, which run on ONNX Runtime's CPU provider; use "
+                    "device='cpu'"
+                )
+            from ..measure.backends import ort_session
+
+            graphs = int8_stages(policy, lm, bn)
+            threads = torch.get_num_threads()
+            self.sessions = {
+                i: ort_session(graphs[r], threads)
+                for i, (r, p) in enumerate(zip(self.chain, self.precision))
+                if p == "int8"
+            }
 
     def stage(self, i: int, images: torch.Tensor) -> torch.Tensor:
         """Logits of stage ``i`` for native-size images: resize, normalise, run."""
@@ -248,6 +313,10 @@ class AdaptiveClassifier(nn.Module):
         resize = resize_policy(self.policy["preprocessing"], r)
         # the records were resized by torch's CPU uint8 kernel; the GPU gets resized batches
         images = images.cpu()
+        if i in self.sessions:  # int8: pixels into the sweep's own graph, normalised inside
+            pixels = resize(images if images.dtype == torch.uint8 else images * 255.0, r)
+            feed = pixels.float().contiguous().numpy()
+            return torch.from_numpy(self.sessions[i].run(None, {"pixels": feed})[0]).float()
         if images.dtype == torch.uint8:
             x = to_input(resize(images, r), self.scale_shift, self.channels_last)
         else:  # floats in [0, 1]: resized as floats, so not rounded to uint8 as the records were

@@ -34,7 +34,7 @@ from ..measure.onnx import TOLERANCE, prepare_model, require_onnxruntime
 from ..models import LoadedModel
 from ..records import confidence
 from ..records.rundir import check_destination, hold
-from .adaptive import AdaptiveClassifier, load_model_for, resize_policy, stage_bn
+from .adaptive import AdaptiveClassifier, int8_stages, load_model_for, resize_policy, stage_bn
 from .policy_file import load_policy, sha256_file, write_atomic
 
 MAX_PRECISION = 22  # torch's uint8 resize: weights scaled by 2**p, p < 22, fitting int16
@@ -89,7 +89,12 @@ class StageGraph(nn.Module):
     like torch's kernel), the normalisation, then ``net``."""
 
     def __init__(
-        self, net: nn.Module, plan: list[Any], mean: list[float], std: list[float]
+        self,
+        net: nn.Module,
+        plan: list[Any],
+        mean: list[float],
+        std: list[float],
+        normalize: bool = True,  # False: pixels out (an int8 stage normalises in its own graph)
     ) -> None:
         super().__init__()
         self.net = net
@@ -102,6 +107,7 @@ class StageGraph(nn.Module):
         s = torch.tensor(std).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * s))
         self.register_buffer("shift", -torch.tensor(mean).view(1, -1, 1, 1) / s)
+        self.normalize = normalize
 
     def resized(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -112,7 +118,8 @@ class StageGraph(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.resized(x) * self.scale + self.shift)
+        x = self.resized(x)
+        return self.net(x * self.scale + self.shift if self.normalize else x)
 
 
 def resize_mismatch(graph: StageGraph, resize: ResizePolicy, images: torch.Tensor, r: int) -> float:
@@ -121,7 +128,9 @@ def resize_mismatch(graph: StageGraph, resize: ResizePolicy, images: torch.Tenso
     return float((graph.resized(images) != want).float().mean())
 
 
-def _write_graph(graph: StageGraph, size: tuple[int, int], out: Path, opset: int) -> None:
+def _write_graph(
+    graph: StageGraph, size: tuple[int, int], out: Path, opset: int, output: str = "logits"
+) -> None:
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
@@ -133,8 +142,8 @@ def _write_graph(graph: StageGraph, size: tuple[int, int], out: Path, opset: int
                 dynamo=False,
                 opset_version=opset,
                 input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=[output],
+                dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
             )
     except RuntimeError as e:
         raise ReswiseError(
@@ -142,19 +151,41 @@ def _write_graph(graph: StageGraph, size: tuple[int, int], out: Path, opset: int
         ) from None
 
 
+def _write_int8_stage(
+    pre: StageGraph, int8_net: Path, size: tuple[int, int], out: Path, opset: int
+) -> None:
+    """The stage graph of an int8 stage: the exported resize joined to the graph the sweep ran
+    (normalisation + int8 network), unchanged, so its arithmetic is the records'."""
+    import onnx
+    from onnx import compose
+
+    tmp = out.with_suffix(".pre.onnx")
+    _write_graph(pre, size, tmp, opset, output="resized")
+    first = compose.add_prefix(
+        onnx.load(str(tmp)), "pre/", rename_inputs=False, rename_outputs=False
+    )
+    tmp.unlink()
+    net = onnx.load(str(int8_net))
+    net.ir_version = first.ir_version = max(net.ir_version, first.ir_version)
+    joined = compose.merge_models(first, net, io_map=[("resized", "pixels")])
+    onnx.save(joined, str(out))
+
+
 def build_graphs(policy: dict[str, Any], lm: LoadedModel) -> dict[str, StageGraph]:
-    """One StageGraph per stage (``stage_<r>``) and one for the fixed reference (``reference``)."""
+    """One StageGraph per stage (``stage_<r>``) and one for the fixed reference (``reference``);
+    an int8 stage's holds the resize and normalisation only (its network is the int8 graph)."""
     pre = policy["preprocessing"]
     size = pre["input_size"]
     bn = stage_bn(policy, lm)
     ref = int(policy["reference"])
-    stages = [(f"stage_{r}", r, bn.get(r)) for r in policy["chain"]]
-    stages.append(("reference", ref, lm.extra.get(ref) or {}))
+    prec = policy.get("precision") or ["fp32"] * len(policy["chain"])
+    stages = [(f"stage_{r}", r, bn.get(r), p) for r, p in zip(policy["chain"], prec)]
+    stages.append(("reference", ref, lm.extra.get(ref) or {}, "fp32"))
     graphs = {}
-    for name, r, state in stages:
-        net = prepare_model(lm.model, state).cpu()
+    for name, r, state, p in stages:
+        net = nn.Identity() if p == "int8" else prepare_model(lm.model, state).cpu()
         plan = resize_plan(resize_policy(pre, r), size, size, r)
-        graphs[name] = StageGraph(net, plan, pre["mean"], pre["std"]).eval()
+        graphs[name] = StageGraph(net, plan, pre["mean"], pre["std"], p != "int8").eval()
     return graphs
 
 
@@ -255,9 +286,14 @@ def export_policy(
     lm = load_model_for(policy, lm)
     with hold(lock_path(out), f"--out {out}"), _staged(out) as stage:
         graphs = build_graphs(policy, lm)
+        int8 = int8_stages(policy, lm, stage_bn(policy, lm))
         files = {}
         for name, graph in graphs.items():
-            _write_graph(graph, (size, size), stage / f"{name}.onnx", opset)
+            r = int(name.partition("_")[2] or 0)
+            if name != "reference" and r in int8:
+                _write_int8_stage(graph, int8[r], (size, size), stage / f"{name}.onnx", opset)
+            else:
+                _write_graph(graph, (size, size), stage / f"{name}.onnx", opset)
             files[name] = {"file": f"{name}.onnx", "sha256": sha256_file(stage / f"{name}.onnx")}
         shipped = {k: v for k, v in policy.items() if k != "path"}
         shipped["graphs"] = {

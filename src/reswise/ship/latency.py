@@ -86,7 +86,9 @@ def fixed_policy(policy: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:
     """The reference alone as a one-stage policy: the baseline runs through the same code."""
     ref = int(policy["reference"])
     src = policy["bn"].get(str(ref)) or ("weights" if lm.extra.get(ref) else "shared")
-    return {**policy, "chain": [ref], "thresholds": [], "signal": None, "bn": {str(ref): src}}
+    one = {**policy, "chain": [ref], "thresholds": [], "signal": None, "bn": {str(ref): src}}
+    # the baseline is the fp32 model at its native resolution, whatever the stages run at
+    return {**one, "precision": ["fp32"]} if "precision" in policy else one
 
 
 def _time_batches(
@@ -187,6 +189,16 @@ def measure_policy_latency(
     if not batch_sizes or min(batch_sizes) <= 0 or rounds <= 0:
         raise ReswiseError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     policy = load_policy(policy_path)
+    skipped = []
+    if "int8" in (policy.get("precision") or []) and "eager" in backends:
+        # torch has no int8 kernels for these graphs: an eager row would time ONNX Runtime
+        backends = tuple(b for b in backends if b != "eager")
+        skipped.append("eager (int8 stages run in ONNX Runtime only)")
+        if not backends:
+            raise ReswiseError(
+                "the policy has int8 stages, which run in ONNX Runtime only; time it with "
+                "--backend onnxruntime"
+            )
     lm = load_model_for(policy)
     images, labels = heldout_images(policy, data_root, lm)
     if limit:
@@ -206,7 +218,10 @@ def measure_policy_latency(
     return {
         "model": policy["model"],
         "chain": policy["chain"],
+        "precision": policy.get("precision") or ["fp32"] * len(policy["chain"]),
         "signal": policy["signal"],
+        "skipped_backends": skipped,
+        "timed_on": policy.get("timed_on"),
         "device": device,
         "threads": n_threads,
         "n_images": int(len(images)),
@@ -240,21 +255,33 @@ def _measure(
     fixed_row = _row(policy, "fixed", times["fixed"], outs["fixed"], labels)
     row = _row(policy, "adaptive", times["adaptive"], outs["adaptive"], labels)
     row["time_saved_pct"] = 100.0 * (1.0 - row["pass_ms"] / fixed_row["pass_ms"])
+    row["speedup"] = row["images_per_s"] / fixed_row["images_per_s"]
     return [{**facts, **fixed_row, "resolution": int(policy["reference"])}, {**facts, **row}]
+
+
+def stages_text(result: dict[str, Any]) -> str:
+    """[20/int8, 24/int8, 32]: the chain with each stage's precision (fp32 unmarked)."""
+    pairs = zip(result["chain"], result["precision"])
+    return "[" + ", ".join(str(r) if p == "fp32" else f"{r}/{p}" for r, p in pairs) + "]"
 
 
 def format_policy_latency(result: dict[str, Any]) -> str:
     """Markdown table: one row per backend, batch size and model, savings on the adaptive row."""
     head = (
         "| backend | batch | model | images/s | p50 ms/batch | p90 ms/batch | top-1 % "
-        "| answered per stage % | time saved % | FLOPs saved % |"
+        "| answered per stage % | time saved % | speed-up | FLOPs saved % |"
     )
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    stages = stages_text(result)
     for r in result["rows"]:
         adaptive = r["model"] == "adaptive"
-        name = f"adaptive {result['chain']}" if adaptive else f"fixed {r.get('resolution', '')}"
+        name = f"adaptive {stages}" if adaptive else f"fixed {r.get('resolution', '')} fp32"
         shares = " / ".join(f"{s:.1f}" for s in r["stage_share_pct"]) if adaptive else ""
-        saved = f"{r['time_saved_pct']:.1f} | {r['flops_drop_pct']:.1f}" if adaptive else " | "
+        saved = (
+            f"{r['time_saved_pct']:.1f} | {r['speedup']:.2f}x | {r['flops_drop_pct']:.1f}"
+            if adaptive
+            else " | | "
+        )
         lines.append(
             f"| {r['backend']} | {r['batch_size']} | {name} | {r['images_per_s']:.0f} "
             f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['top1']:.2f} | {shares} | {saved} |"

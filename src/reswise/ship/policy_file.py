@@ -22,7 +22,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import re
 import zipfile
 from importlib import resources
@@ -39,14 +38,20 @@ from ..records import (
     SweepResult,
     jsonable,
     sha256_file,
+    unstage,
     write_atomic,
 )
+from ..records import stage as stage_key
+from .schema_errors import non_finite, schema_problem, where
 
 VERSION = 1
 FORMAT = f"reswise-policy/{VERSION}"
 SCHEMA_FILE = "policy.schema.json"  # beside this module; docs/policy.schema.json is a copy
 WRITE_AGAIN = "write it again with reswise cascade --from RUN --save POLICY.json"
 EXPORT_AGAIN = "export it again with reswise export --policy POLICY.json --out DIR"
+# ONNX Runtime's CPU provider has no bf16 arithmetic: a bf16 stage is swept, not shipped
+SHIPPED_PRECISIONS = ("fp32", "int8")
+QUANT_FORMAT = "reswise-quant/1"
 BN_SOURCES = ("shared", "weights", "recalibrated")  # model's own BN, weights' per-r BN, the sweep's
 
 
@@ -59,6 +64,22 @@ def chain_of(found: dict[str, Any]) -> tuple[list[int], list[float], str | None]
             found["signal"],
         )
     return [int(found["resolution"])], [], None
+
+
+def precision_of(found: dict[str, Any]) -> list[str]:
+    """Per stage of a cascade or select result, its precision (results before precisions: fp32)."""
+    chain = chain_of(found)[0]
+    prec = found.get("precision")
+    if prec is None:
+        return ["fp32"] * len(chain)
+    prec = [prec] if isinstance(prec, str) else list(prec)
+    bad = [q for q in prec if q not in SHIPPED_PRECISIONS]
+    if bad:
+        raise ReswiseError(
+            f"a {bad[0]} stage cannot be shipped (ONNX Runtime's CPU provider has no {bad[0]} "
+            "arithmetic); choose with --precision fp32,int8"
+        )
+    return prec
 
 
 def build_policy(
@@ -78,6 +99,7 @@ def build_policy(
     native input size; ``bn_source``: per stage, one of ``BN_SOURCES``.
     """
     chain, thresholds, signal = chain_of(found)
+    prec = precision_of(found)
     bad = [r for r in chain if bn_source.get(r) not in BN_SOURCES]
     if bad:
         raise ReswiseError(f"no BN source for stage {bad[0]}; one of {', '.join(BN_SOURCES)}")
@@ -119,6 +141,13 @@ def build_policy(
         "heldout_resize": "the sweep's: " + run.policy,
         "calibration": {k: found[k] for k in ("calib_upper_bound", "calib_drop_pct") if k in found},
         "run": run.directory,
+        # written only when they say something: files without them read as fp32 / FLOPs
+        **({"precision": prec} if set(prec) != {"fp32"} else {}),
+        **(
+            {"objective": "time", "timed_on": found.get("timed_on")}
+            if found.get("objective") == "time"
+            else {}
+        ),
     }
 
 
@@ -162,72 +191,11 @@ def check_policy(policy: Any, source: str, *, exported: bool = False) -> dict[st
     from jsonschema.exceptions import best_match
 
     error = best_match(_validator().iter_errors(policy))
-    found = _schema_problem(error) if error is not None else _rule_problem(policy, exported)
+    found = schema_problem(error) if error is not None else _rule_problem(policy, exported)
     if found:
         fix = EXPORT_AGAIN if exported else WRITE_AGAIN
         raise ReswiseError(f"{source}: {found[0]} {found[1]}; {fix}")
     return policy
-
-
-def _where(path: Any) -> str:
-    """``thresholds[0]``, ``weights.sha256``, ``bn["20"]``: a field as a reader would index it."""
-    out = ""
-    for key in path:
-        if isinstance(key, int):
-            out += f"[{key}]"
-        elif re.fullmatch(r"[A-Za-z_]\w*", key):
-            out += f".{key}" if out else key
-        else:
-            out += f"[{json.dumps(key)}]"
-    return out or "the file"
-
-
-_TYPES = {"array": "an array", "object": "an object", "integer": "an integer",
-          "number": "a number", "string": "a string", "boolean": "true or false"}  # fmt: skip
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)  # NaN, Infinity, null, "abc": as the file spells them
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _schema_problem(error: Any) -> tuple[str, str]:
-    """(field, what is wrong with it) for a jsonschema error, in words rather than its repr."""
-    path, value = list(error.absolute_path), error.instance
-    kind, want = error.validator, error.validator_value
-    if kind == "required":
-        return _where([*path, next(k for k in want if k not in value)]), "is missing"
-    if kind == "additionalProperties":
-        known = error.schema.get("properties", {})
-        extra = next(k for k in value if k not in known)
-        return _where([*path, extra]), f"is not a field here (known: {', '.join(known)})"
-    if kind == "type":
-        names = " or ".join(_TYPES.get(n, n) for n in ([want] if isinstance(want, str) else want))
-        return _where(path), f"is {_short(value)}, not {names}"
-    if kind in ("enum", "const"):
-        options = want if kind == "enum" else [want]
-        return _where(path), f"is {_short(value)}, not one of {', '.join(map(_short, options))}"
-    if kind in ("minItems", "maxItems"):
-        bound = "at least" if kind == "minItems" else "at most"
-        why = f" ({_phrase(error)})" if _phrase(error) else ""
-        return _where(path), f"has {len(value)} item(s), {bound} {want} allowed{why}"
-    if kind == "minProperties":
-        return _where(path), "is empty"
-    limits = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-    if kind in limits:
-        return _where(path), f"is {_short(value)}, must be {limits[kind]} {want}"
-    if kind == "pattern":  # under propertyNames the value checked is a key of the object
-        key = "propertyNames" in error.absolute_schema_path
-        what = f"has the key {_short(value)}, not" if key else f"is {_short(value)}, not"
-        return _where(path), f"{what} {_phrase(error) or 'of the form ' + want}"
-    return _where(path), f"is {_short(value)}, which does not fit the schema ({kind})"
-
-
-def _phrase(error: Any) -> str | None:
-    """The schema's description when written as a phrase (lower case: "a sha256 digest ..."),
-    which then words the refusal; capitalised descriptions document, too long for one line."""
-    text = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
-    return text if text[:1].islower() else None
 
 
 def _rule_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None:
@@ -239,20 +207,31 @@ def _rule_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None:
             f"has {len(p['thresholds'])} values for {len(chain)} stages; a cascade has one "
             "threshold fewer than stages"
         )
-    nan = _non_finite(p, [])
+    nan = non_finite(p, [])
     if nan is not None:
         return nan
+    prec = p.get("precision") or ["fp32"] * len(chain)
+    if len(prec) != len(chain):
+        return "precision", f"has {len(prec)} entries for {len(chain)} stages"
     if any(b <= a for a, b in zip(chain, chain[1:])):
         return "chain", f"is {chain}, not strictly ascending (stages run cheapest first)"
+    int8 = [k for k, q in zip(keys, prec) if q == "int8"]
+    if int8 and p.get("quant_file") is None:
+        return "quant_file", f"is missing or null, but stage {int8[0]} runs int8"
+    recal_int8 = [k for k in int8 if p["bn"].get(k) == "recalibrated"]
+    if recal_int8:
+        return where(["bn", recal_int8[0]]), (
+            "is recalibrated, but int8 stages were measured with the weights' own BN"
+        )
     for k in keys:
         if k not in p["bn"]:
-            return _where(["bn", k]), "is missing: every stage names its BN source"
+            return where(["bn", k]), "is missing: every stage names its BN source"
     for k in p["bn"]:
         if k not in keys:
-            return _where(["bn", k]), f"names no stage of the chain {chain}"
+            return where(["bn", k]), f"names no stage of the chain {chain}"
     for k, role in [*((k, "stage") for k in keys), (str(p["reference"]), "the reference")]:
         if k not in p["flops"]:
-            return _where(["flops", k]), f"is missing (the FLOPs of {role} {k})"
+            return where(["flops", k]), f"is missing (the FLOPs of {role} {k})"
     if len(chain) > 1 and p["signal"] is None:
         return "signal", f"is null; a cascade of {len(chain)} stages needs {', '.join(SIGNALS)}"
     recal = [k for k in keys if p["bn"][k] == "recalibrated"]
@@ -276,43 +255,40 @@ def _graphs_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None
     return None
 
 
-def _non_finite(value: Any, path: list[Any]) -> tuple[str, str] | None:
-    """The first NaN or infinity among the fields that decide what runs (the held-out and
-    calibration figures are records: a NaN there is what was measured)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return _where(path), f"is {_short(value)}"
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for k, v in items:
-        if path in ([], ["graphs"]) and k in ("heldout", "calibration", "check"):
-            continue
-        found = _non_finite(v, [*path, k])
-        if found is not None:
-            return found
-    return None
-
-
 def save_policy(
     policy: dict[str, Any],
     path: str | Path,
     bn_states: dict[int, dict[str, np.ndarray]] | None = None,
+    quant: dict[int, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``path`` (JSON) and, when stages use recalibrated BN, ``<stem>.bn.npz`` beside it;
-    the policy is checked before either is written."""
+    """Write ``path`` (JSON) and, when stages use recalibrated BN, ``<stem>.bn.npz`` beside it,
+    and when stages run int8, ``<stem>.quant.json`` (``quant``: per resolution, the settings,
+    the calibrated ranges and the int8 graph's sha256); the policy is checked before any is
+    written."""
     path = Path(path)
     if path.is_dir():
         raise ReswiseError(f"--save {path} is a folder; give the path of the .json file to write")
     npz = path.with_name(path.stem + ".bn.npz")
+    qfile = path.with_name(path.stem + ".quant.json")
     policy = {k: v for k, v in policy.items() if k != "path"}  # where it was read from, if loaded
     bn = policy.get("bn")
     recal = isinstance(bn, dict) and "recalibrated" in bn.values()
-    # the npz's sha256 is known once its bytes are: the check sees an entry of the same shape
+    int8 = [
+        int(r)
+        for r, q in zip(policy.get("chain", []), policy.get("precision") or [])
+        if q == "int8"
+    ]
+    # the files' sha256 is known once their bytes are: the check sees entries of the same shape
     planned = {"name": npz.name, "sha256": "0" * 64} if recal else None
-    policy = check_policy({**policy, "bn_file": planned}, str(path))
+    planned_q = {"name": qfile.name, "sha256": "0" * 64} if int8 else None
+    policy = {**policy, "bn_file": planned, **({"quant_file": planned_q} if int8 else {})}
+    policy = check_policy(policy, str(path))
+    missing_q = [r for r in int8 if r not in (quant or {})]
+    if missing_q:
+        raise ReswiseError(
+            f"stage {missing_q[0]} runs int8 but the run kept no quantization parameters for it; "
+            "rerun the sweep with --precision fp32,int8"
+        )
     used = [int(r) for r, s in policy["bn"].items() if s == "recalibrated"]
     missing = [r for r in used if r not in (bn_states or {})]
     if missing:
@@ -326,8 +302,45 @@ def save_policy(
         np.savez(buf, **{f"{r}/{k}": v for r in used for k, v in bn_states[r].items()})
         policy["bn_file"] = {"name": npz.name, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
         write_atomic(npz, buf.getvalue())
+    if int8:
+        body = {"format": QUANT_FORMAT, "stages": {str(r): quant[r] for r in int8}}
+        data = (json.dumps(body, indent=1, default=jsonable) + "\n").encode()
+        policy["quant_file"] = {"name": qfile.name, "sha256": hashlib.sha256(data).hexdigest()}
+        write_atomic(qfile, data)
     write_atomic(path, (json.dumps(policy, indent=1, default=jsonable) + "\n").encode())
     return path
+
+
+def beside(policy: dict[str, Any], info: dict[str, str], what: str) -> Path:
+    """A file that travels beside the policy (``info``: its name and sha256), checked unchanged."""
+    path = Path(policy.get("path", ".")).with_name(info["name"])
+    if not path.is_file() or sha256_file(path) != info["sha256"]:
+        raise ReswiseError(
+            f"{what} {path} are missing or changed since the policy was written; keep them "
+            "beside the policy file, or write it again with --save"
+        )
+    return path
+
+
+def load_quant(policy: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The int8 stages' quantization parameters (settings, ranges, graph sha256), checked
+    against the sha256 the policy holds; {} when no stage is int8."""
+    chain, prec = policy["chain"], policy.get("precision") or []
+    int8 = [int(r) for r, q in zip(chain, prec) if q == "int8"]
+    info = policy.get("quant_file")
+    if not int8:
+        return {}
+    qfile = beside(policy, info, "quantization parameters")
+    try:
+        body = json.loads(qfile.read_text())
+        stages = {int(r): body["stages"][str(r)] for r in int8}
+        for s in stages.values():
+            s["settings"], s["ranges"], s["graph_sha256"]  # noqa: B018 (a missing key is a KeyError)
+    except (ValueError, KeyError, TypeError):
+        raise ReswiseError(f"{qfile} is not a reswise quantization file; {WRITE_AGAIN}") from None
+    if body.get("format") != QUANT_FORMAT:
+        raise ReswiseError(f"{qfile} is not a {QUANT_FORMAT} file; {WRITE_AGAIN}")
+    return stages
 
 
 def load_policy(path: str | Path, *, exported: bool = False) -> dict[str, Any]:
@@ -358,12 +371,7 @@ def load_bn_states(policy: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
                 f"bn_file; {WRITE_AGAIN}"
             )
         return {}
-    npz = Path(policy.get("path", ".")).with_name(info["name"])
-    if not npz.is_file() or sha256_file(npz) != info["sha256"]:
-        raise ReswiseError(
-            f"BN statistics {npz} are missing or changed since the policy was written; keep "
-            "them beside the policy file, or write it again with --save"
-        )
+    npz = beside(policy, info, "BN statistics")
     try:
         with np.load(npz, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
@@ -410,9 +418,12 @@ def simulate(policy: dict[str, Any], records: Records) -> tuple[np.ndarray, np.n
     """Per image of ``records``: the class the records-based cascade predicts and the resolution
     that answered, by :func:`reswise.choose.policies.cascade.run_cascade` itself."""
     chain, thresholds = policy["chain"], policy["thresholds"]
-    flops = {int(r): f for r, f in policy["flops"].items()}
-    _, _, stage = run_cascade(records, flops, chain, thresholds, policy["signal"] or "max_softmax")
-    rows = np.array([records.row(r) for r in chain])[stage]
+    keys = [
+        stage_key(r, p) for r, p in zip(chain, policy.get("precision") or ["fp32"] * len(chain))
+    ]
+    flops = {k: policy["flops"][str(unstage(k)[0])] for k in keys}
+    _, _, stage = run_cascade(records, flops, keys, thresholds, policy["signal"] or "max_softmax")
+    rows = np.array([records.row(k) for k in keys])[stage]
     pred = records.topk_idx[rows, np.arange(len(stage)), 0].astype(np.int64)
     return pred, np.asarray(chain)[stage]
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ...records import SIGNALS, Records
+from ...records import SIGNALS, Records, Stage, unstage
+from .costs import costs
 from .split import EPS, check_inputs, check_max_drop
 
 
@@ -28,7 +29,13 @@ def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def headroom(
-    records: Records, flops: dict[int, int], reference: int, *, max_drop: float = 1.0
+    records: Records,
+    flops: dict[Any, Any],
+    reference: Stage,
+    *,
+    max_drop: float = 1.0,
+    objective: str = "flops",
+    times: dict[Any, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Why a cascade saves what it saves: the two-stage chain [r, reference] for every r, in hindsight.
 
@@ -39,32 +46,41 @@ def headroom(
     order of each confidence signal (thresholds may only fall between distinct scores), and the
     ``a`` a perfect ranking would reach. Chosen on the same images it is measured on: an upper
     bound for what the held-out cascade can show, not a held-out figure.
+
+    r is every stage cheaper than the reference; with ``objective="time"`` cost is measured
+    ms per image (``times``) and the savings are keyed ``time_saved_pct`` instead of
+    ``flops_drop_pct``; with precisions each row names its ``precision``.
     """
     check_inputs(records, flops, reference)
     check_max_drop(max_drop)
+    price = costs(records, flops, reference, objective, times).cost
+    saved = "time_saved_pct" if objective == "time" else "flops_drop_pct"
     n = len(records.labels)
     ok_ref = records.correct(reference).astype(np.int64)
     budget = int(np.floor(max_drop / 100.0 * n + EPS))
     rows = []
-    for r in sorted(records.resolutions, key=lambda x: flops[x]):
-        if r == reference or flops[r] >= flops[reference]:
+    for key in sorted(records.keys, key=lambda x: price[x]):
+        if key == reference or price[key] >= price[reference]:
             continue
-        ok = records.correct(r)
+        ok = records.correct(key)
         d = ok_ref - ok.astype(np.int64)  # +1: accepting this image at r costs a point
-        cost = flops[r] / flops[reference]
-        row: dict[str, Any] = {"resolution": int(r), "stage_cost_pct": 100.0 * cost,
-                               "top1": 100.0 * float(ok.mean())}  # fmt: skip
+        cost = price[key] / price[reference]
+        r, p = unstage(key)
+        row: dict[str, Any] = {"resolution": r}
+        if records.precision is not None:
+            row["precision"] = p
+        row.update({"stage_cost_pct": 100.0 * cost, "top1": 100.0 * float(ok.mean())})
         for sig in SIGNALS:
-            c = records.confidence(r, sig)
+            c = records.confidence(key, sig)
             order = np.argsort(-c, kind="stable")
             net = np.cumsum(d[order])
             cut = np.r_[c[order][1:] != c[order][:-1], True]  # a threshold can stop here
             k = np.nonzero((net <= budget) & cut)[0]
             accept = (k.max() + 1) / n if len(k) else 0.0
             row[sig] = {"auroc": _auroc(c, ok), "accept_pct": 100.0 * accept,
-                        "flops_drop_pct": 100.0 * (accept - cost)}  # fmt: skip
+                        saved: 100.0 * (accept - cost)}  # fmt: skip
         harm, free, help_ = int((d > 0).sum()), int((d <= 0).sum()), int((d < 0).sum())
         perfect = (free + min(harm, budget + help_)) / n
-        row["perfect"] = {"accept_pct": 100.0 * perfect, "flops_drop_pct": 100.0 * (perfect - cost)}
+        row["perfect"] = {"accept_pct": 100.0 * perfect, saved: 100.0 * (perfect - cost)}
         rows.append(row)
     return rows

@@ -6,11 +6,14 @@ confidence signal is adding nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ...errors import ReswiseError
-from ...records import Records
+from ...records import Records, Stage, stage_name, unstage
 from ...records.stats import drop_summary
+from .costs import as_stage, chain_text, costs, precisions
 from .results import RandomResult
 from .split import check_inputs, flops_drop_pct
 
@@ -42,37 +45,46 @@ def _draw(n: int, p: np.ndarray, seed: int) -> np.ndarray:
 
 def random_resolution(
     records: Records,
-    flops: dict[int, int],
-    reference: int,
+    flops: dict[Any, Any],
+    reference: Stage,
     *,
     seed: int,
     weights: list[float] | None = None,
-    choices: list[int] | None = None,
+    choices: list[Any] | None = None,
     idx: np.ndarray | None = None,
+    times: dict[Any, float] | None = None,
 ) -> RandomResult:
-    """Each image (of ``idx``, default all) at a random resolution from ``choices``."""
+    """Each image (of ``idx``, default all) at a random stage from ``choices`` (stage keys:
+    24, (24, "int8") or "24/int8"; default every recorded stage)."""
     check_inputs(records, flops, reference)
-    choices = list(records.resolutions) if choices is None else list(choices)
-    if not choices:
+    keys = list(records.keys) if choices is None else [as_stage(k) for k in choices]
+    if not keys:
         raise ReswiseError("no resolutions to draw from; give at least one")
-    bad = [r for r in choices if r not in records.resolutions]
+    bad = [k for k in keys if k not in records.keys]
     if bad:
-        raise ReswiseError(f"resolution {bad[0]} is not in the records ({records.resolutions})")
+        have = records.resolutions if records.precision is None else chain_text(records.keys)
+        raise ReswiseError(f"resolution {stage_name(bad[0])} is not in the records ({have})")
+    cost = costs(records, flops, reference, "flops", times)
     rec = records if idx is None else records.subset(np.asarray(idx))
     n = len(rec.labels)
-    p = _probabilities(weights, len(choices))
+    p = _probabilities(weights, len(keys))
     which = _draw(n, p, seed)  # the same draw as random_assignment(n, choices, seed, weights)
-    correct = np.stack([rec.correct(r) for r in choices])[which, np.arange(n)]
-    cost = np.array([flops[r] for r in choices], np.float64)
-    per_image = cost[which]
-    expected = float(p @ cost)
+    correct = np.stack([rec.correct(k) for k in keys])[which, np.arange(n)]
+    paid = np.array([cost.flops[k] for k in keys], np.float64)
+    per_image = paid[which]
+    expected = float(p @ paid)
+    share = [float(np.mean(which == i)) if n else 0.0 for i in range(len(p))]
     return RandomResult(
         seed=int(seed),
-        choices=[int(r) for r in choices],
+        choices=[unstage(k)[0] for k in keys],
+        precision=precisions(records, keys),
         weights=[float(v) for v in p],
-        share_pct=[float(100.0 * np.mean(which == i)) if n else 0.0 for i in range(len(p))],
+        share_pct=[100.0 * a for a in share],
         mean_flops=float(per_image.mean()) if n else float("nan"),
-        flops_drop_pct=flops_drop_pct(per_image.mean(), flops, reference) if n else float("nan"),
-        expected_flops_drop_pct=flops_drop_pct(expected, flops, reference),
+        flops_drop_pct=flops_drop_pct(per_image.mean(), cost.flops, reference)
+        if n
+        else float("nan"),
+        **cost.mean(keys, np.array(share) if n else np.array([np.nan])),
+        expected_flops_drop_pct=flops_drop_pct(expected, cost.flops, reference),
         **drop_summary(rec.correct(reference), correct),
     )

@@ -5,13 +5,28 @@ return, in the same order: ``result.top1`` and ``result["top1"]`` both work, ``t
 gives the plain dict (nested results included) that the CLI writes as JSON. Keys added since
 come last: ``min_certifiable_drop``, ``too_few_images`` and ``warning`` on the select and cascade
 results (what the calibration images can certify at all; see :mod:`.split`).
+
+Keys for precisions and measured times are *optional* (:func:`opt`): absent from ``to_dict()``
+(and ``r["key"]`` raises KeyError) while None, so a run with fp32 rows only and no times gives
+the same dicts as before. ``precision`` (the stage's, or one per ``chain`` entry) is set when
+the records carry precisions; ``objective`` (``"flops"`` or ``"time"``: what was minimised),
+``ms_per_image`` / ``mean_ms_per_image`` and ``time_saved_pct`` when the run has measured times
+(ONNX Runtime, batch 64, against the fp32 reference); ``timed_on`` (the CPU, ``run.meta["cpu"]``)
+when the choosing functions of :mod:`reswise.choose.choices` report times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+OPTIONAL = "omit_when_none"
+
+
+def opt() -> Any:
+    """A key added since: left out of the output while None (see the module docstring)."""
+    return field(default=None, metadata={OPTIONAL: True})
 
 
 def plain(value: Any) -> Any:
@@ -33,7 +48,10 @@ class Result(Mapping[str, Any]):
     def _items(self) -> Iterator[tuple[str, Any]]:
         """(key, value) in output order; the dataclass fields unless a subclass says otherwise."""
         for f in fields(self):  # type: ignore[arg-type]
-            yield f.name, getattr(self, f.name)
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get(OPTIONAL):
+                continue
+            yield f.name, value
 
     def __getitem__(self, key: str) -> Any:
         for k, v in self._items():
@@ -54,11 +72,14 @@ class Result(Mapping[str, Any]):
 
 @dataclass(frozen=True, kw_only=True)
 class SelectCandidate(Result):
-    """One resolution as scored on the calibration images by :func:`select_resolution`."""
+    """One stage as scored on the calibration images by :func:`select_resolution`."""
 
     resolution: int
+    precision: str | None = opt()
     flops: int
     flops_drop_pct: float
+    ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
     calib_top1: float
     calib_drop_pct: float
     calib_upper_bound: float
@@ -67,15 +88,20 @@ class SelectCandidate(Result):
 
 @dataclass(frozen=True, kw_only=True)
 class SelectResult(Result):
-    """The resolution chosen on calibration images; its figures on the held-out images."""
+    """The stage chosen on calibration images; its figures on the held-out images."""
 
     resolution: int
+    precision: str | None = opt()
     reference: int
     max_drop: float
     confidence: float
     method: str
+    objective: str | None = opt()
     flops: int
     flops_drop_pct: float
+    ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
+    timed_on: dict[str, Any] | None = opt()
     calib_drop_pct: float
     calib_upper_bound: float
     n_calib: int
@@ -94,11 +120,14 @@ class SelectResult(Result):
 class CascadeEval(Result):
     """One cascade's accuracy and honest FLOPs on a set of images (:func:`evaluate_cascade`)."""
 
-    chain: list[int]
+    chain: list[int]  # resolutions; with precision, chain[i] runs at precision[i]
+    precision: list[str] | None = opt()
     thresholds: list[float]
     signal: str | None  # None for a single stage: no confidence is read
     mean_flops: float
     flops_drop_pct: float
+    mean_ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
     stage_share_pct: list[float]
     n: int
     top1: float
@@ -112,10 +141,15 @@ class CascadeResult(Result):
     """The cascade chosen on calibration images; held-out figures, calibration ones as calib_*."""
 
     chain: list[int]
+    precision: list[str] | None = opt()
     thresholds: list[float]
     signal: str | None
+    objective: str | None = opt()
     mean_flops: float
     flops_drop_pct: float
+    mean_ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
+    timed_on: dict[str, Any] | None = opt()
     stage_share_pct: list[float]
     top1: float
     reference_top1: float
@@ -126,6 +160,7 @@ class CascadeResult(Result):
     confidence: float
     n_calib: int
     calib_flops_drop_pct: float
+    calib_time_saved_pct: float | None = opt()
     calib_top1: float
     calib_drop_pct: float
     calib_upper_bound: float
@@ -143,10 +178,14 @@ class RandomResult(Result):
 
     seed: int
     choices: list[int]
+    precision: list[str] | None = opt()
     weights: list[float]
     share_pct: list[float]
     mean_flops: float
     flops_drop_pct: float
+    mean_ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
+    timed_on: dict[str, Any] | None = opt()
     expected_flops_drop_pct: float
     n: int
     top1: float
@@ -167,10 +206,14 @@ class OracleResult(Result):
 
     uses_labels: bool = True
     note: str = ORACLE_NOTE
+    objective: str | None = opt()
     mean_flops: float
     flops_drop_pct: float
+    mean_ms_per_image: float | None = opt()
+    time_saved_pct: float | None = opt()
     none_right_pct: float
     resolutions: list[int]
+    precision: list[str] | None = opt()
     share_pct: list[float]
     n: int
     top1: float
@@ -191,7 +234,8 @@ class CompareResult(Result):
     cascade: CascadeResult
     selected_bn: SelectResult | None = None
     cascade_bn: CascadeResult | None = None
-    bn_used: dict[int, bool] | None = None  # per resolution: recalibrated pass used
+    # per stage: recalibrated pass used; keys are resolutions (fp32) or names like "24/int8"
+    bn_used: dict[int | str, bool] | None = None
     extra_selected: dict[str, SelectResult]
     extra_cascade: dict[str, CascadeResult]
     reference: int
@@ -201,6 +245,8 @@ class CompareResult(Result):
     n_heldout: int
     seed: int
     rows: list[dict[str, Any]]
+    objective: str | None = None  # optional keys, as in the other results
+    timed_on: dict[str, Any] | None = None
 
     def _items(self) -> Iterator[tuple[str, Any]]:
         yield "selected", self.selected
@@ -214,3 +260,6 @@ class CompareResult(Result):
             yield f"{label}_cascade", self.extra_cascade[label]
         for key in ("reference", "max_drop", "confidence", "n_calib", "n_heldout", "seed", "rows"):
             yield key, getattr(self, key)
+        for key in ("objective", "timed_on"):
+            if getattr(self, key) is not None:
+                yield key, getattr(self, key)

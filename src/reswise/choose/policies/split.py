@@ -13,10 +13,12 @@ that; when it exceeds the budget only the reference qualifies, and the result sa
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ...errors import ReswiseError
-from ...records import Records
+from ...records import Records, Stage, stage_name, unstage
 from ...records.stats import images_needed, min_certifiable_drop
 
 EPS = 1e-9  # a bound equal to the budget up to float noise qualifies
@@ -35,17 +37,19 @@ def calib_heldout_split(
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def check_inputs(records: Records, flops: dict[int, int], reference: int) -> None:
-    """The reference and every recorded resolution must have records and a FLOPs count."""
-    if reference not in records.resolutions:
+def check_inputs(records: Records, flops: dict[Any, Any], reference: Stage) -> None:
+    """The reference and every recorded stage must have records and a FLOPs count (a
+    precision's may be its resolution's: :func:`.costs.stage_flops`)."""
+    if reference not in records.keys:
         raise ReswiseError(
             f"reference resolution {reference} is not in the records ({records.resolutions}); "
             "rerun the sweep with it"
         )
-    missing = [r for r in records.resolutions if r not in flops]
+    missing = [k for k in records.keys if k not in flops and unstage(k)[0] not in flops]
     if missing:
         raise ReswiseError(
-            f"no FLOPs count for resolution {missing[0]}; pass flops for every swept resolution"
+            f"no FLOPs count for resolution {stage_name(missing[0])}; pass flops for every "
+            "swept resolution"
         )
     if len(records.labels) == 0:
         raise ReswiseError("the records hold no images; run the sweep on a non-empty dataset")
@@ -57,7 +61,7 @@ def check_max_drop(max_drop: float) -> None:
         raise ReswiseError(f"--max-drop must be >= 0 points, got {max_drop}")
 
 
-def flops_drop_pct(mean_flops: float, flops: dict[int, int], reference: int) -> float:
+def flops_drop_pct(mean_flops: float, flops: dict[Any, Any], reference: Stage) -> float:
     return float(100.0 * (1.0 - mean_flops / flops[reference]))
 
 

@@ -1,0 +1,122 @@
+"""Training speed: reswise's multi-resolution step vs a plain single-resolution loop.
+
+    .venv/bin/python benchmarks/bench_train.py --model cifar_resnet20 --steps 20
+    .venv/bin/python benchmarks/bench_train.py --resolutions 32,24,20,16 --sandwich-k all
+
+Plain: a torchvision-style loop at the native resolution, as a user would write it (same model,
+batch, optimiser, label smoothing, augmentation, autocast decision and channels-last). reswise:
+``reswise.finetune.train.train`` for one epoch of ``steps x batch`` in-memory images at the
+training resolutions (sandwich rule, private BN). Both train on the same random uint8 images
+(speed does not depend on what they show), each after one untimed warm-up run.
+
+Images/s alone would charge the multi-resolution step for doing more work, so each loop is also
+given as achieved GFLOP/s: training FLOPs per image (3 x the forward FLOPs of reswise's counter,
+``reswise.measure.flops``: forward + two backward products per layer) at each resolution the
+step runs, times images/s. The FLOPs the sandwich step must do are its expectation over the
+draws. No assertion: speed is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from reswise import create_model
+from reswise.data import TensorImages, normalizer, to_input
+from reswise.finetune.train import TrainConfig, augment, autocast_dtype, train
+from reswise.measure.flops import flops_table
+
+
+def plain(args: argparse.Namespace, cfg: TrainConfig, images: torch.Tensor, labels) -> float:
+    """Seconds for ``args.steps`` steps of the plain loop (after one warm-up step)."""
+    lm = create_model(args.model, pretrained=False)
+    net = lm.model.train()
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                          weight_decay=cfg.weight_decay)  # fmt: skip
+    amp = autocast_dtype(torch.device("cpu"), cfg)
+    scale_shift = normalizer(lm.info.mean, lm.info.std)
+    g = torch.Generator().manual_seed(0)
+    bs = cfg.batch_size
+
+    def step(s: int) -> None:
+        idx = slice(s * bs, (s + 1) * bs)
+        x = to_input(augment(images[idx], g), scale_shift, channels_last=cfg.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+            logits = net(x).float()
+        loss = F.cross_entropy(logits, labels[idx], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(0)
+    t0 = time.perf_counter()
+    for s in range(args.steps):
+        step(s)
+    return time.perf_counter() - t0
+
+
+def multires(args: argparse.Namespace, cfg: TrainConfig, data: TensorImages, tmp: Path) -> float:
+    """Seconds of training (``train``'s own wall time) for one epoch of ``args.steps`` steps."""
+    warm = TensorImages(data.images[: cfg.batch_size], data.labels[: cfg.batch_size], data.classes)
+    for name, d in (("warm", warm), ("timed", data)):
+        lm = create_model(args.model, pretrained=False)
+        out = train(lm, d, cfg, tmp / f"{name}.pt", progress=False, log=lambda m: None)
+    return out["wall_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--resolutions", default="32,24,20,16")
+    p.add_argument("--sandwich-k", default="1", help="a number, or 'all'")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-channels-last", action="store_true")
+    args = p.parse_args()
+    res = sorted((int(r) for r in args.resolutions.split(",")), reverse=True)
+    k = None if args.sandwich_k == "all" else int(args.sandwich_k)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.01, warmup_epochs=0.0,
+                      train_resolutions=tuple(res), sandwich_k=k,
+                      channels_last=not args.no_channels_last)  # fmt: skip
+    lm = create_model(args.model, pretrained=False)
+    n, native = args.steps * args.batch_size, lm.info.input_size
+    images = torch.randint(0, 256, (n, 3, native, native), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    labels = torch.randint(0, lm.info.num_classes, (n,), generator=torch.Generator())
+    classes = [f"c{i}" for i in range(lm.info.num_classes)]
+    fwd = {row["resolution"]: row["flops"] for row in flops_table(lm.model, res + [native])}
+    inner = res[1:-1]
+    take = len(inner) if k is None else min(k, len(inner))
+    # expected per step: the two ends always, each inner resolution with probability take/len
+    step_flops = 3 * (fwd[res[0]] + (fwd[res[-1]] if len(res) > 1 else 0)
+                      + sum(fwd[r] for r in inner) * (take / len(inner) if inner else 0))  # fmt: skip
+    plain_flops = 3 * fwd[native]
+    t_plain = plain(args, cfg, images, labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        t_multi = multires(args, cfg, TensorImages(images, labels, classes), Path(tmp))
+    ips_p, ips_m = n / t_plain, n / t_multi
+    amp = autocast_dtype(torch.device("cpu"), cfg)
+    print(f"{args.model}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} "
+          f"threads, autocast {'off' if amp is None else 'bf16'}, "
+          f"{'channels-last' if cfg.channels_last else 'NCHW'}")  # fmt: skip
+    print("| loop | resolutions per step | train GFLOPs / image | images/s | GFLOP/s |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| plain | {native} | {plain_flops / 1e9:.4f} | {ips_p:.1f} | "
+          f"{ips_p * plain_flops / 1e9:.2f} |")  # fmt: skip
+    what = f"{res[0]}+{res[-1]}" + (f"+{take} of {inner}" if inner else "")
+    print(f"| reswise multi-res (sandwich k={args.sandwich_k}) | {what} | "
+          f"{step_flops / 1e9:.4f} | {ips_m:.1f} | {ips_m * step_flops / 1e9:.2f} |")  # fmt: skip
+    print(f"images/s, multi-res / plain: {ips_m / ips_p:.3f} (FLOPs alone predict "
+          f"{plain_flops / step_flops:.3f})")  # fmt: skip
+    print(f"achieved GFLOP/s, multi-res / plain: {ips_m * step_flops / (ips_p * plain_flops):.3f}")
+
+
+if __name__ == "__main__":
+    main()

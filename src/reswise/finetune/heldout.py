@@ -1,0 +1,53 @@
+"""Held-out top-1 after each epoch, at every training resolution with its own BN set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..data import Dataset
+from ..models import LoadedModel
+from .multires import PrivateBN
+
+
+def evaluate_multires(
+    lm: LoadedModel,
+    wrapper: PrivateBN,
+    data: Dataset,
+    device: str = "cpu",
+    resolutions: list[int] | None = None,
+) -> dict[int, float]:
+    """Test top-1 at ``resolutions`` (default: the native one and every private-BN one), each
+    with its own BN set."""
+    from ..measure.evaluate import sweep
+
+    states = {r: {k: v.detach() for k, v in wrapper.overrides(r).items()} for r in wrapper.extra}
+    res = resolutions or [wrapper.native, *wrapper.extra]
+    rows = sweep(lm, data, res, bn_states=states, batch_size=256, device=device).rows
+    return {row["resolution"]: row["top1"] for row in rows}
+
+
+def evaluate_top1(
+    lm: LoadedModel,
+    data: Dataset,
+    batch_size: int = 256,
+    device: str = "cpu",
+    resolution: int | None = None,
+) -> float:
+    """Test top-1 at ``resolution`` (default: the model's native one)."""
+    from ..measure.evaluate import sweep
+
+    r = resolution or lm.info.input_size
+    return sweep(lm, data, [r], batch_size=batch_size, device=device).rows[0]["top1"]
+
+
+def held_out(
+    lm: LoadedModel, model: nn.Module, test: Dataset, resolutions: list[int], device: str
+) -> Any:
+    """Held-out top-1 at ``resolutions`` (a number when there is one); a :class:`PrivateBN`
+    ``model`` is scored with each resolution's own BN set."""
+    if isinstance(model, PrivateBN):
+        return evaluate_multires(lm, model, test, device=device, resolutions=resolutions)
+    top = {r: evaluate_top1(lm, test, device=device, resolution=r) for r in resolutions}
+    return top if len(top) > 1 else top[resolutions[0]]
