@@ -216,11 +216,11 @@ def test_disk_full_with_progress_saved_says_the_rerun_resumes(tmp_path, monkeypa
 
 
 def test_write_atomic_leaves_no_temporary_file_when_the_write_fails(tmp_path, monkeypatch):
-    from reswise.records import core
+    from reswise.records import files
 
-    monkeypatch.setattr(core.os, "fsync", _disk_full)
+    monkeypatch.setattr(files.os, "fsync", _disk_full)
     with pytest.raises(OSError):
-        core.write_atomic(tmp_path / "a.json", b"{}")
+        files.write_atomic(tmp_path / "a.json", b"{}")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -254,21 +254,17 @@ def _data_flags(args: argparse.Namespace) -> list[str]:
     )
     if args.dataset == "cifar10":
         flags += ["--split", args.split]
-    return flags + (["--limit", str(args.limit)] if args.limit else [])
+    flags += ["--limit", str(args.limit)] if args.limit else []
+    # the held-out crop (1.0: whole image) decides the card's figures
+    return flags + (["--crop-pct", str(args.crop_pct)] if args.crop_pct is not None else [])
 
 
-def _with_crop(info: Any, crop: Any) -> Any:
+def _with_crop(info: Any, crop: float) -> Any:
     import dataclasses
 
-    try:
-        value = float(crop)
-    except ValueError:
-        raise ReswiseError(
-            f"train takes a number for --crop-pct (the held-out crop), got '{crop}'"
-        ) from None
-    if not 0.0 < value <= 1.0:
-        raise ReswiseError(f"--crop-pct must be in (0, 1], got {value}")
-    return dataclasses.replace(info, crop_pct=value)
+    if not 0.0 < crop <= 1.0:
+        raise ReswiseError(f"--crop-pct must be in (0, 1], got {crop}")
+    return dataclasses.replace(info, crop_pct=float(crop))
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
