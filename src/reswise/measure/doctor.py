@@ -11,6 +11,7 @@ little left to gain from a faster backend; a small share means overhead dominate
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import time
@@ -20,6 +21,18 @@ from typing import Any
 import torch
 
 from .inference import available_cpus, torch_threads
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``avx2``, ``avx512_vnni``, ``amx_bf16``...); empty off Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def cpu_name() -> str:

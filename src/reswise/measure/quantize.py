@@ -41,11 +41,9 @@ CHOOSE_IMAGES = 1000  # calibration-half images the method is chosen on
 
 def has_vnni() -> bool:
     """Whether this CPU has 8-bit dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in text or "avx_vnni" in text
+    from .doctor import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..data import Dataset, ResizePolicy, normalizer, to_input
 from ..errors import ReswiseError
 from ..measure import distributed
 from ..measure.backends import Runner, cached_graph, ort_session, session_runner
-from ..measure.doctor import cpu_name
+from ..measure.doctor import cpu_flags, cpu_name
 from ..measure.quantize import (
     CALIB_IMAGES,
     CHOOSE_IMAGES,
@@ -55,11 +55,7 @@ def bf16_support(device: str = "cpu") -> str | None:
     """None when bf16 arithmetic is native here, else why not (``reswise doctor`` prints it)."""
     if device.startswith("cuda"):
         return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 arithmetic"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
         return None
     return (
         "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): torch would emulate them, "
@@ -69,15 +65,8 @@ def bf16_support(device: str = "cpu") -> str | None:
 
 def cpu_facts() -> dict[str, Any]:
     """The CPU the times were measured on: a time-chosen policy records it."""
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+    flags = cpu_flags()
     return {"name": cpu_name(), "flags": [f for f in wanted if f in flags], "vnni": has_vnni()}
 
 
@@ -213,9 +202,11 @@ def precision_pass(
             continue
         part.records.precision = [p] * len(part.records.resolutions)
         seconds = np.array(part.timings["eval_s_by_res"])
-        flops = [{**row, "resolution": row["resolution"]} for row in result.rows]
         ref = result.records.correct(result.reference)
-        result.rows += summarize(part.records, result.reference, flops, seconds, ref_correct=ref)
+        # a precision keeps its resolution's FLOPs: the rows so far hold them
+        result.rows += summarize(
+            part.records, result.reference, result.rows, seconds, ref_correct=ref
+        )
         result.records = result.records.stack(part.records)
     if result is None:
         return

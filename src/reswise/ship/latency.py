@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..choose.policies.costs import chain_text
 from ..data import load_data
 from ..errors import ReswiseError
 from ..measure.evaluate import images_fingerprint
 from ..measure.inference import available_cpus, resolve_device, torch_threads
 from ..models import LoadedModel
+from ..records import stage
 from .adaptive import AdaptiveClassifier, load_model_for
 from .policy_file import heldout_positions, load_policy, measured
 
@@ -261,8 +263,7 @@ def _measure(
 
 def stages_text(result: dict[str, Any]) -> str:
     """[20/int8, 24/int8, 32]: the chain with each stage's precision (fp32 unmarked)."""
-    pairs = zip(result["chain"], result["precision"])
-    return "[" + ", ".join(str(r) if p == "fp32" else f"{r}/{p}" for r, p in pairs) + "]"
+    return chain_text([stage(r, p) for r, p in zip(result["chain"], result["precision"])])
 
 
 def format_policy_latency(result: dict[str, Any]) -> str:
