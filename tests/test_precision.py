@@ -151,6 +151,10 @@ def test_an_int8_policy_round_trips_export_and_runtime(run: reswise.SweepResult,
     logits, res = OnnxCascade(tmp_path / "shipped")(images.numpy())
     want, want_res = simulate(policy, run.records)
     assert np.mean(logits.argmax(1) == want) >= 0.99 and np.mean(res == want_res) >= 0.99
+    # the int8 stage inside the fused graph: the same answers as the stage's own session
+    assert out["fused"]["max_abs_logit_diff_same_stage"] < 1e-4
+    fused_logits, fused_res = OnnxCascade(tmp_path / "shipped", fused=True)(images.numpy())
+    assert np.array_equal(fused_res, res) and np.abs(fused_logits - logits).max() < 1e-5
     # a changed quantization file is refused, not used
     q = tmp_path / "p.quant.json"
     q.write_text(q.read_text().replace('"minmax"', '"entropy"', 1))

@@ -36,7 +36,7 @@ def exported() -> tuple[Path, dict]:
 def test_export_reproduces_the_sweeps_resize_and_the_modules_answers():
     out, result = exported()
     assert sorted(p.name for p in out.glob("*.onnx")) == [
-        "reference.onnx", "stage_20.onnx", "stage_24.onnx", "stage_32.onnx"
+        "cascade.onnx", "reference.onnx", "stage_20.onnx", "stage_24.onnx", "stage_32.onnx"
     ]  # fmt: skip
     # torch's antialiased uint8 resize, pixel for pixel, on the 1 000 real images
     assert result["resize_exact"] and set(result["resize_mismatch_pixels"]) == {"20", "24", "32"}
@@ -45,6 +45,10 @@ def test_export_reproduces_the_sweeps_resize_and_the_modules_answers():
     assert result["max_abs_logit_diff"] < 1e-3
     shipped_policy = json.loads((out / "policy.json").read_text())
     assert shipped_policy["graphs"]["check"]["n_check_images"] == 1000
+    # the fused graph, checked against the module on the same images
+    fused = result["fused"]
+    assert fused["prediction_agreement"] >= 0.999 and fused["resolution_agreement"] >= 0.999
+    assert fused["max_abs_logit_diff_same_stage"] < 1e-3 and fused["routing_flips_unexplained"] == 0
 
 
 @needs_shared
@@ -125,17 +129,22 @@ def test_policy_latency_runs_both_backends_on_heldout_images():
     out = measure_policy_latency(str(path), str(CIFAR_JPEG / "test"), batch_sizes=[1, 32],
                                  limit=64, rounds=1, warmup=1)  # fmt: skip
     rows = out["rows"]
+    models = {
+        "eager": ("fixed", "adaptive"),
+        "onnxruntime": ("fixed", "adaptive", "adaptive-fused"),
+    }
     assert {(r["backend"], r["batch_size"], r["model"]) for r in rows} == {
-        (b, s, m) for b in ("eager", "onnxruntime") for s in (1, 32) for m in ("fixed", "adaptive")
+        (b, s, m) for b in models for s in (1, 32) for m in models[b]
     }
     for r in rows:
         assert r["images_per_s"] > 0 and r["p90_ms"] >= r["p50_ms"] > 0
-        if r["model"] == "adaptive":
+        if r["model"] != "fixed":
             assert sum(r["stage_share_pct"]) == pytest.approx(100.0)
             assert 0 < r["flops_drop_pct"] < 100 and np.isfinite(r["time_saved_pct"])
     # the same images and answers on both backends
     by = {(r["backend"], r["batch_size"], r["model"]): r["top1"] for r in rows}
     assert by[("eager", 32, "adaptive")] == pytest.approx(by[("onnxruntime", 32, "adaptive")])
+    assert by[("onnxruntime", 32, "adaptive-fused")] == by[("onnxruntime", 32, "adaptive")]
     assert "time saved %" in format_policy_latency(out)
     with pytest.raises(ReswiseError, match="fingerprint"):
         measure_policy_latency(str(path), str(CIFAR_JPEG / "train"), batch_sizes=[8], limit=8)

@@ -266,6 +266,10 @@ def test_a_routing_flip_is_allowed_only_at_a_threshold():
     assert check_failures(ok) == []
     assert len(check_failures({**ok, "routing_flips_unexplained": 1})) == 1
     assert len(check_failures({**ok, "max_abs_logit_diff_same_stage": 1e-3})) == 1
+    # the fused graph's own comparison counts the same way, and says it is the fused graph's
+    assert check_failures({**ok, "fused": ok}) == []
+    (failed,) = check_failures({**ok, "fused": {**ok, "routing_flips_unexplained": 2}})
+    assert failed.startswith("fused graph: 2 images")
 
 
 @needs_shared

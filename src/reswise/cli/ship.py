@@ -88,4 +88,11 @@ def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
                 f"{out['prediction_agreement']:.4f}, resolutions {out['resolution_agreement']:.4f},"
                 f" max |logit diff| {out['max_abs_logit_diff']:.2e}"
             )
+            fused = out["fused"]
+            print(
+                f"fused graph (cascade.onnx) vs torch module: predictions "
+                f"{fused['prediction_agreement']:.4f}, resolutions "
+                f"{fused['resolution_agreement']:.4f}, max |logit diff| "
+                f"{fused['max_abs_logit_diff']:.2e}"
+            )
     return out

@@ -35,6 +35,7 @@ from ..models import LoadedModel
 from ..records import confidence
 from ..records.rundir import check_destination, hold
 from .adaptive import AdaptiveClassifier, int8_stages, load_model_for, resize_policy, stage_bn
+from .fused import fuse_cascade
 from .policy_file import load_policy, sha256_file, write_atomic
 
 MAX_PRECISION = 22  # torch's uint8 resize: weights scaled by 2**p, p < 22, fitting int16
@@ -269,8 +270,9 @@ def export_policy(
     check_images: torch.Tensor | None = None,
     opset: int = 17,
 ) -> dict[str, Any]:
-    """Write ``out/``: ``stage_<r>.onnx`` per stage, ``reference.onnx`` (the fixed reference,
-    for timing against) and ``policy.json`` (the policy plus a ``graphs`` section).
+    """Write ``out/``: ``stage_<r>.onnx`` per stage, ``cascade.onnx`` (the stages and their
+    routing as one graph), ``reference.onnx`` (the fixed reference, for timing against) and
+    ``policy.json`` (the policy plus a ``graphs`` section).
 
     ``check_images`` (uint8 ``N x 3 x S x S``, real images): the graphs' resize is compared with
     the sweep's pixel for pixel, and ONNX Runtime's cascade with :class:`AdaptiveClassifier`; a
@@ -295,11 +297,16 @@ def export_policy(
             else:
                 _write_graph(graph, (size, size), stage / f"{name}.onnx", opset)
             files[name] = {"file": f"{name}.onnx", "sha256": sha256_file(stage / f"{name}.onnx")}
+        # the same stages again as one graph, routing included: one call per batch
+        fuse_cascade([stage / f"stage_{r}.onnx" for r in policy["chain"]], policy["thresholds"],
+                     policy["signal"] or "max_softmax", policy["chain"], stage / "cascade.onnx")  # fmt: skip
+        files["fused"] = {"file": "cascade.onnx", "sha256": sha256_file(stage / "cascade.onnx")}
         shipped = {k: v for k, v in policy.items() if k != "path"}
         shipped["graphs"] = {
             "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "size": [size, size]},
             "stages": [files[f"stage_{r}"] for r in policy["chain"]],
             "reference": files["reference"],
+            "fused": files["fused"],
             "opset": opset,
             "onnxruntime": ort.__version__,
         }
@@ -330,14 +337,17 @@ def check_failures(check: dict[str, Any]) -> list[str]:
     the other (seen: 1 image in 256). Such a flip is allowed; any other one is a fault.
     """
     failed = []
-    if not check["max_abs_logit_diff_same_stage"] < TOLERANCE:
-        diff = check["max_abs_logit_diff_same_stage"]
-        failed.append(f"max |logit diff| {diff:.2e} >= {TOLERANCE:g} at the same stage")
-    if check["routing_flips_unexplained"]:
-        failed.append(
-            f"{check['routing_flips_unexplained']} images answered at another stage with a "
-            f"confidence not within {NEAR_THRESHOLD:g} of the threshold"
-        )
+    for what, c in (("", check), ("fused graph: ", check.get("fused"))):
+        if c is None:  # an export written before the fused graph existed
+            continue
+        if not c["max_abs_logit_diff_same_stage"] < TOLERANCE:
+            diff = c["max_abs_logit_diff_same_stage"]
+            failed.append(f"{what}max |logit diff| {diff:.2e} >= {TOLERANCE:g} at the same stage")
+        if c["routing_flips_unexplained"]:
+            failed.append(
+                f"{what}{c['routing_flips_unexplained']} images answered at another stage with "
+                f"a confidence not within {NEAR_THRESHOLD:g} of the threshold"
+            )
     return failed
 
 
@@ -376,24 +386,36 @@ def check_export(
     }
     module = AdaptiveClassifier(policy, lm)
     want = module(images)
+    x, want_logits, want_res = images.numpy(), want.logits.numpy(), want.resolution.numpy()
     runner = OnnxCascade(out)
-    logits, res = runner(images.numpy())
-    diff = np.abs(logits - want.logits.numpy()).max(axis=1)
-    same = res == want.resolution.numpy()
-    flips = int((~same).sum())
-    return {
+    check = {
         "n_check_images": int(len(images)),
         "resize_mismatch_pixels": mismatch,
         "resize_exact": all(v == 0.0 for v in mismatch.values()),
-        "prediction_agreement": float(np.mean(logits.argmax(1) == want.logits.argmax(1).numpy())),
-        "resolution_agreement": float(np.mean(res == want.resolution.numpy())),
+        **_compare(runner, runner(x), x, want_logits, want_res),
+    }
+    fused = _compare(runner, OnnxCascade(out, fused=True)(x), x, want_logits, want_res)
+    return {**check, "fused": fused}
+
+
+def _compare(
+    runner: Any,
+    got: tuple[np.ndarray, np.ndarray],
+    x: np.ndarray,
+    want_logits: np.ndarray,
+    want_res: np.ndarray,
+) -> dict[str, Any]:
+    """One ONNX Runtime cascade's answers against the torch module's."""
+    logits, res = got
+    diff = np.abs(logits - want_logits).max(axis=1)
+    same = res == want_res
+    flips = int((~same).sum())
+    return {
+        "prediction_agreement": float(np.mean(logits.argmax(1) == want_logits.argmax(1))),
+        "resolution_agreement": float(np.mean(same)),
         "max_abs_logit_diff": float(diff.max()),
         # images both answered at the same stage: the arithmetic itself, not a routing flip
         "max_abs_logit_diff_same_stage": float(diff[same].max()) if same.any() else 0.0,
         "routing_flips": flips,
-        "routing_flips_unexplained": _unexplained_flips(
-            runner, images.numpy(), res, want.resolution.numpy()
-        )
-        if flips
-        else 0,
+        "routing_flips_unexplained": _unexplained_flips(runner, x, res, want_res) if flips else 0,
     }

@@ -116,21 +116,26 @@ def _time_batches(
 
 def _runners(
     backend: str, policy: dict[str, Any], lm: LoadedModel, device: str, threads: int, tmp: str
-) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any], Callable[[], None]]:
-    """Adaptive and fixed callables returning numpy (logits, resolution), an input converter,
-    and the device sync."""
+) -> tuple[
+    dict[str, Callable[[Any], Any]], Callable[[Any], Any], Callable[[Any], Any], Callable[[], None]
+]:
+    """Adaptive callables by row name (ONNX Runtime: per-stage sessions and the fused graph)
+    and the fixed one, all returning numpy (logits, resolution); an input converter; the
+    device sync."""
     if backend == "onnxruntime":
         from .export import export_policy
         from .runtime import OnnxCascade
 
         export_policy(policy["path"], tmp, lm=lm)
         runner = OnnxCascade(tmp, threads=threads)
+        fused = OnnxCascade(tmp, threads=threads, fused=True)
         ref = int(policy["reference"])
 
         def fixed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return runner.reference(x), np.full(len(x), ref)
 
-        return runner, fixed, lambda t: t.numpy(), lambda: None
+        adaptive = {"adaptive": runner, "adaptive-fused": fused}
+        return adaptive, fixed, lambda t: t.numpy(), lambda: None
     adaptive = AdaptiveClassifier(policy, lm, device=device)
     base = AdaptiveClassifier(fixed_policy(policy, lm), lm, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -138,7 +143,7 @@ def _runners(
     def run(net: AdaptiveClassifier) -> Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
         return lambda x: net(x)
 
-    return run(adaptive), run(base), lambda t: t, sync
+    return {"adaptive": run(adaptive)}, run(base), lambda t: t, sync
 
 
 def _row(
@@ -150,7 +155,7 @@ def _row(
     res = np.concatenate([np.asarray(o[1].cpu() if hasattr(o[1], "cpu") else o[1]) for o in outs])
     total = float(np.median([t.sum() for t in times]))  # ms per pass over the images
     pooled = np.concatenate(times)
-    fig = measured(policy, logits, res, labels[: len(res)]) if name == "adaptive" else {
+    fig = measured(policy, logits, res, labels[: len(res)]) if name != "fixed" else {
         "n": len(res), "top1": float(100.0 * np.mean(logits.argmax(1) == labels[: len(res)])),
     }  # fmt: skip
     return {
@@ -234,7 +239,7 @@ def measure_policy_latency(
 
 def _measure(
     policy: dict[str, Any],
-    adaptive: Callable[[Any], Any],
+    adaptive: dict[str, Callable[[Any], Any]],
     fixed: Callable[[Any], Any],
     batches: list[Any],
     labels: np.ndarray,
@@ -243,22 +248,26 @@ def _measure(
     warmup: int,
     facts: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Both models on the same batches, interleaved; the adaptive row carries the savings."""
+    """Every model on the same batches, interleaved; the adaptive rows carry the savings."""
+    runners = {"fixed": fixed, **adaptive}
     with torch.inference_mode():
-        for fn in (fixed, adaptive):
+        for fn in runners.values():
             for b in batches[:warmup]:  # allocation, kernel selection, cache fills
                 fn(b)
-        times: dict[str, list[np.ndarray]] = {"fixed": [], "adaptive": []}
+        times: dict[str, list[np.ndarray]] = {name: [] for name in runners}
         outs: dict[str, list[Any]] = {}
         for _ in range(rounds):
-            for name, fn in (("fixed", fixed), ("adaptive", adaptive)):
+            for name, fn in runners.items():
                 t, outs[name] = _time_batches(fn, batches, sync)
                 times[name].append(t)
     fixed_row = _row(policy, "fixed", times["fixed"], outs["fixed"], labels)
-    row = _row(policy, "adaptive", times["adaptive"], outs["adaptive"], labels)
-    row["time_saved_pct"] = 100.0 * (1.0 - row["pass_ms"] / fixed_row["pass_ms"])
-    row["speedup"] = row["images_per_s"] / fixed_row["images_per_s"]
-    return [{**facts, **fixed_row, "resolution": int(policy["reference"])}, {**facts, **row}]
+    rows = [{**facts, **fixed_row, "resolution": int(policy["reference"])}]
+    for name in adaptive:
+        row = _row(policy, name, times[name], outs[name], labels)
+        row["time_saved_pct"] = 100.0 * (1.0 - row["pass_ms"] / fixed_row["pass_ms"])
+        row["speedup"] = row["images_per_s"] / fixed_row["images_per_s"]
+        rows.append({**facts, **row})
+    return rows
 
 
 def stages_text(result: dict[str, Any]) -> str:
@@ -275,8 +284,8 @@ def format_policy_latency(result: dict[str, Any]) -> str:
     lines = [head, "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     stages = stages_text(result)
     for r in result["rows"]:
-        adaptive = r["model"] == "adaptive"
-        name = f"adaptive {stages}" if adaptive else f"fixed {r.get('resolution', '')} fp32"
+        adaptive = r["model"] != "fixed"
+        name = f"{r['model']} {stages}" if adaptive else f"fixed {r.get('resolution', '')} fp32"
         shares = " / ".join(f"{s:.1f}" for s in r["stage_share_pct"]) if adaptive else ""
         saved = (
             f"{r['time_saved_pct']:.1f} | {r['speedup']:.2f}x | {r['flops_drop_pct']:.1f}"

@@ -69,9 +69,16 @@ def _session(path: Path, threads: int | None) -> Any:
 
 class OnnxCascade:
     """The exported cascade: ``cascade(images) -> (logits, resolution)`` on native-size uint8
-    images (``N x 3 x H x W`` or ``N x H x W x 3``)."""
+    images (``N x 3 x H x W`` or ``N x H x W x 3``).
 
-    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
+    ``fused=True`` runs ``cascade.onnx``, the stages and their routing in one graph (one call
+    per batch); ``False`` runs one session per stage and routes in numpy. Both give the same
+    answers (the export checks each against the torch module).
+    """
+
+    def __init__(
+        self, directory: str | Path, threads: int | None = None, fused: bool = False
+    ) -> None:
         directory = Path(directory)
         path = directory / "policy.json"
         if not path.is_file():
@@ -88,9 +95,28 @@ class OnnxCascade:
         self.signal = self.policy["signal"] or "max_softmax"
         self.size = tuple(graphs["input"]["size"])
         self.class_names = self.policy.get("class_names")
-        self.sessions = [self._load(directory, g, threads) for g in graphs["stages"]]
+        self._stages = (directory, graphs["stages"], threads)
+        self._sessions: list[Any] | None = None
+        if not fused:
+            self.sessions  # noqa: B018 (load and hash-check them now, not at the first batch)
         self._reference = (directory, graphs["reference"], threads)
         self._ref_session: Any = None
+        self.fused: Any = None
+        if fused:
+            if "fused" not in graphs:
+                raise ReswiseError(
+                    f"{directory} was exported without the fused graph (cascade.onnx); export "
+                    "it again with this version, or run it with fused=False"
+                )
+            self.fused = self._load(directory, graphs["fused"], threads)
+
+    @property
+    def sessions(self) -> list[Any]:
+        """One session per stage (with ``fused=True``, made only when first asked for)."""
+        if self._sessions is None:
+            directory, graphs, threads = self._stages
+            self._sessions = [self._load(directory, g, threads) for g in graphs]
+        return self._sessions
 
     @staticmethod
     def _load(directory: Path, graph: dict[str, Any], threads: int | None) -> Any:
@@ -115,6 +141,9 @@ class OnnxCascade:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits from the stage that answered each image, and that stage's resolution."""
         x = self._images(images)
+        if self.fused is not None:
+            logits, res = self.fused.run(None, {"images": x})
+            return logits, res
         n = len(x)
         idx = np.arange(n)
         logits: np.ndarray | None = None
