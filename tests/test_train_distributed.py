@@ -48,8 +48,12 @@ def test_two_process_torchrun_training_matches_one_process(tmp_path):
     # each rank trained on half of every batch: the images add up to the folder once
     assert jb["history"][0]["images_per_rank"] == [130, 130]
     assert ja["history"][0]["images_per_rank"] == [260]
+    # the order of float sums differs with the ranks and the CPU's kernels, and a few of the
+    # 1 000 test images sit on a decision boundary: 0.3 / 0.2 points apart measured on an
+    # AVX-512 EPYC (weights 0.9 % of their movement apart), <= 0.1 on an AVX2 one; the weights
+    # below are the exact check
     for r in ("32", "24"):
-        assert abs(ja["history"][0]["test_top1"][r] - jb["history"][0]["test_top1"][r]) <= 0.1
+        assert abs(ja["history"][0]["test_top1"][r] - jb["history"][0]["test_top1"][r]) <= 0.5
     # gradients averaged and BN statistics taken over the whole batch: the two runs moved the
     # weights the same way, up to the order of float sums (measured: 1.4 % of the movement;
     # BN statistics per half-batch left them 65 % apart)
