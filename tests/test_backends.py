@@ -141,6 +141,33 @@ def test_doctor_measures_a_positive_peak(capsys):
     assert peak["matmul_gflops"] > 0 and peak["conv_gflops"] > 0 and peak["threads"] == 1
 
 
+def test_doctor_says_which_precisions_this_machine_can_sweep(capsys, monkeypatch):
+    # sweep --precision bf16 is refused where bf16 is not native, and the docs send the user to
+    # `reswise doctor` to find out beforehand; it said nothing about precisions
+    from reswise.measure import doctor as doc
+
+    monkeypatch.setattr(doc, "machine_peak", lambda *a, **k: {
+        "device": "cpu", "threads": 1, "matmul_gflops": 1.0, "conv_gflops": 1.0,
+        "matmul": "m", "conv": "c"})  # fmt: skip
+    for flags, bf16, vnni in (
+        ({"avx2"}, False, False),
+        ({"avx512_bf16", "avx512_vnni"}, True, True),
+    ):
+        monkeypatch.setattr(doc, "cpu_flags", lambda flags=flags: frozenset(flags))
+        why = doc.bf16_support("cpu")
+        assert (why is None) == bf16
+        prec = doc.doctor(1)["precisions"]
+        assert prec["fp32"] == "yes"
+        assert prec["bf16"] == "yes (avx512_bf16 or amx_bf16)" if bf16 else f"no: {why}"
+        assert ("8-bit weights" in prec["int8"]) == vnni
+        assert ("reduce_range" in prec["int8"]) == (not vnni)
+        assert main(["doctor", "--threads", "1"]) == 0
+        text = capsys.readouterr().out
+        assert (
+            f"precision bf16: {prec['bf16']}" in text and f"precision int8: {prec['int8']}" in text
+        )
+
+
 def test_progress_of_one_backend_is_not_resumed_by_another(tmp_path, monkeypatch):
     from reswise.measure import progress
 

@@ -166,13 +166,23 @@ def test_bad_precisions_are_refused_before_any_work(tmp_path: Path):
     cfg = SweepConfig("cifar_resnet20", "imagefolder", "32", str(tmp_path), precision="fp32,int4")
     with pytest.raises(ReswiseError, match="unknown precision 'int4'"):
         run_sweep(cfg)
-    from reswise.pipeline.precision import bf16_support
+    from reswise.measure.doctor import bf16_support
 
     if bf16_support("cpu"):  # this CPU has no bf16 arithmetic: refused with the reason
         cfg = SweepConfig("cifar_resnet20", "imagefolder", "32", str(CIFAR_JPEG / "test"),
                           precision="bf16", limit=8, out=str(tmp_path / "o"))  # fmt: skip
         with pytest.raises(ReswiseError, match="bf16 is refused here: this CPU"):
             run_sweep(cfg)
+    else:  # native bf16: the stages are swept in torch, answer like fp32, and are not timed
+        cfg = SweepConfig("cifar_resnet20", "imagefolder", "32,24", str(CIFAR_JPEG / "test"),
+                          precision="fp32,bf16", limit=200, out=str(tmp_path / "o"))  # fmt: skip
+        run = run_sweep(cfg)
+        rows = {(r["resolution"], r["precision"]): r for r in run.rows}
+        assert set(rows) == {(32, "fp32"), (24, "fp32"), (32, "bf16"), (24, "bf16")}
+        for r in (32, 24):
+            fp32, bf16 = rows[(r, "fp32")], rows[(r, "bf16")]
+            assert abs(fp32["top1"] - bf16["top1"]) <= 2.0 and "ort_ms_b64" not in bf16
+            assert bf16["flops"] == fp32["flops"]
     with pytest.raises(ReswiseError, match="quant"):
         run_sweep(SweepConfig("cifar_resnet20", "imagefolder", "32", str(tmp_path),
                               precision="int8", quant="kl"))  # fmt: skip

@@ -328,3 +328,33 @@ def test_real_run_api_and_cli(real_run, tmp_path, capsys):
     assert main(["select", "--from", str(real_run), "--precision", "int8"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "precision int8 is not in the run" in err
+
+
+def test_bf16_stages_are_left_out_of_choices_by_time(real_run, tmp_path):
+    # bf16 stages run in torch only (ONNX Runtime's CPU provider has no bf16 arithmetic), so a
+    # sweep with --precision fp32,int8,bf16 has no time for them: every chooser by time
+    # refused the whole run, telling the user to rerun the sweep with --precision
+    run = fake_int8(reswise.load_run(real_run), tmp_path / "i8")
+    rec = run.records
+    n = len(rec.resolutions) // 2
+    b = Records(rec.resolutions[:n], rec.indices, rec.labels, rec.topk_idx[:n].copy(),
+                rec.topk_prob[:n].copy(), rec.entropy[:n].copy(), None, ["bf16"] * n)  # fmt: skip
+    rows = run.rows + [
+        {k: v for k, v in r.items() if not k.startswith("ort_ms")} | {"precision": "bf16"}
+        for r in run.rows[:n]
+    ]
+    both = dataclasses.replace(run, records=rec.stack(b), rows=rows)
+    (tmp_path / "b").mkdir()
+    both.save(tmp_path / "b")
+    both = reswise.load_run(tmp_path / "b")
+    with pytest.raises(ReswiseError, match="bf16 .*not shipped.*--precision fp32,int8"):
+        both.cost("time")
+    for f in (reswise.select, reswise.cascade):
+        got = f(both, max_drop=10.0, objective="time").to_dict()
+        want = f(run, max_drop=10.0, objective="time").to_dict()
+        assert got == want and "bf16" not in json.dumps(got)
+    by_flops = reswise.select(both, max_drop=10.0)  # FLOPs: bf16 stages stay candidates
+    assert "bf16" in {c.precision for c in by_flops.candidates}
+    front = pareto_front([both], objective="time")
+    assert {p.precision for p in front.points} == {"fp32", I8}
+    assert main(["frontier", "--from", str(tmp_path / "b"), "--objective", "time"]) == 0

@@ -90,6 +90,16 @@ def run_times(run: SweepResult) -> dict[Stage, float] | None:
         return None
 
 
+def timed_stages(run: SweepResult) -> SweepResult:
+    """``run`` as a chooser by time sees it: without its bf16 stages, which are swept in torch,
+    not shipped, and so have no ONNX Runtime time to compare (its CPU provider has no bf16
+    arithmetic). Leaving them out beats refusing the run: every other stage was timed."""
+    have = {unstage(k)[1] for k in run.records.keys}
+    if "bf16" not in have:
+        return run
+    return with_precisions(run, sorted(have - {"bf16"}, key=PRECISIONS.index))
+
+
 def _timing(run: SweepResult, objective: str) -> dict[str, Any]:
     """The policies' ``objective`` and ``times`` keywords for ``run`` (``run.cost`` refuses
     ``objective="time"`` on a run without times, in one line)."""
@@ -197,6 +207,7 @@ def select(
     FLOPs or, ``objective="time"``, in measured ms per image. ``limits`` (``max_drop=``,
     ``confidence=``, ``calib_frac=``, ``seed=``) override ``budget``'s fields."""
     budget = _budget(budget, limits)
+    run = timed_stages(run) if objective == "time" else run
     found = select_resolution(
         budget.records(run), run.flops, run.reference, method=test, **budget.kwargs(),
         **_timing(run, objective),
@@ -216,6 +227,7 @@ def cascade(
     """Confidence cascade of stages under the budget, reported on held-out images; cheapest
     in FLOPs or in measured time (``objective``); ``limits`` as in :func:`select`."""
     budget = _budget(budget, limits)
+    run = timed_stages(run) if objective == "time" else run
     found = search_cascade(
         budget.records(run),
         run.flops,
@@ -233,6 +245,7 @@ def cascade_headroom(
 ) -> list[dict[str, Any]]:
     """Per stage cheaper than the reference, what two-stage chains could save (in hindsight)."""
     budget = _budget(budget, limits)
+    run = timed_stages(run) if objective == "time" else run
     return headroom(
         budget.records(run), run.flops, run.reference, max_drop=budget.max_drop,
         **_timing(run, objective),
@@ -257,6 +270,7 @@ def compare_policies(
     from .compare import compare, compare_plot, compare_table, run_name
 
     budget = _budget(budget, limits)
+    run = timed_stages(run) if objective == "time" else run
     _check_bn_split(run, budget.calib_frac, budget.seed)
     for label, other in (add or {}).items():
         check_same_images(run, other, label)

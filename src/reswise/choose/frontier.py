@@ -28,7 +28,7 @@ from ..records import SweepResult, jsonable, row_key, unstage, write_atomic
 from ..records.report import save_figure
 from ..records.rundir import check_writable
 from ..records.stats import paired_drop_ci, wilson
-from .choices import check_same_images, run_times
+from .choices import check_same_images, run_times, timed_stages
 from .compare import weights_name
 from .policies.split import calib_heldout_split
 
@@ -367,6 +367,8 @@ def pareto_front(
         raise ReswiseError(f"unknown objective '{objective}'; use flops or time")
     if budget_flops is not None and budget_ms is not None:
         raise ReswiseError("give one budget: in FLOPs (--budget-flops) or in ms (--budget-ms)")
+    if objective == "time" or budget_ms is not None:
+        runs = [timed_stages(r) for r in runs]  # bf16 stages have no ONNX Runtime time
     _check_runs(runs, objective == "time" or budget_ms is not None)
     part, desc = reported_part(runs)
     points = _points(runs, part, objective)

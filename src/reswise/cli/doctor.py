@@ -33,4 +33,6 @@ def run_doctor(args: argparse.Namespace) -> dict[str, Any]:
         )
         for name, what in out["backends"].items():
             print(f"backend {name}: {what}")
+        for name, what in out["precisions"].items():
+            print(f"precision {name}: {what}")
     return out

@@ -97,6 +97,32 @@ def _backends() -> dict[str, str]:
     return out
 
 
+def bf16_support(device: str = "cpu") -> str | None:
+    """None when bf16 arithmetic is native here, else why not (``reswise doctor`` prints it)."""
+    if device.startswith("cuda"):
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 arithmetic"
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return None
+    return (
+        "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): torch would emulate them, "
+        "slower than fp32, so a bf16 stage would only cost time; sweep on a machine that has them"
+    )
+
+
+def precisions(device: str = "cpu") -> dict[str, str]:
+    """What ``sweep --precision`` can do here, per precision, in words."""
+    why = bf16_support(device)
+    if {"avx512_vnni", "avx_vnni"} & cpu_flags():
+        int8 = "yes, ONNX Runtime on the CPU: VNNI, 8-bit weights"
+    else:
+        int8 = (
+            "yes, ONNX Runtime on the CPU: no VNNI, 7-bit weights (reduce_range) and int8 "
+            "convolutions barely faster than fp32"
+        )
+    bf16 = "yes (avx512_bf16 or amx_bf16)" if device == "cpu" else "yes (this GPU)"
+    return {"fp32": "yes", "int8": int8, "bf16": bf16 if why is None else f"no: {why}"}
+
+
 def doctor(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """The machine facts a speed report needs beside its images/s."""
     return {
@@ -104,5 +130,6 @@ def doctor(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
         "cpus_available": available_cpus(),
         "torch": torch.__version__,
         "backends": _backends(),
+        "precisions": precisions(device),
         "peak": machine_peak(threads or available_cpus(), device),
     }

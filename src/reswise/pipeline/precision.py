@@ -23,7 +23,7 @@ from ..data import Dataset, ResizePolicy, normalizer, to_input
 from ..errors import ReswiseError
 from ..measure import distributed
 from ..measure.backends import Runner, cached_graph, ort_session, session_runner
-from ..measure.doctor import cpu_flags, cpu_name
+from ..measure.doctor import bf16_support, cpu_flags, cpu_name
 from ..measure.quantize import (
     CALIB_IMAGES,
     CHOOSE_IMAGES,
@@ -49,18 +49,6 @@ def parse_precisions(text: str | list[str] | None) -> list[str]:
             f"unknown precision '{bad[0] if bad else text}'; use a list of {', '.join(PRECISIONS)}"
         )
     return ["fp32", *dict.fromkeys(p for p in items if p != "fp32")]
-
-
-def bf16_support(device: str = "cpu") -> str | None:
-    """None when bf16 arithmetic is native here, else why not (``reswise doctor`` prints it)."""
-    if device.startswith("cuda"):
-        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 arithmetic"
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
-        return None
-    return (
-        "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): torch would emulate them, "
-        "slower than fp32, so a bf16 stage would only cost time; sweep on a machine that has them"
-    )
 
 
 def cpu_facts() -> dict[str, Any]:

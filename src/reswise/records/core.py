@@ -254,6 +254,12 @@ class SweepResult:
         if objective != "time":
             raise ReswiseError(f"unknown objective '{objective}'; use flops or time")
         missing = [row_key(r) for r in self.rows if not r.get("ort_ms_b64")]
+        if missing and all(unstage(k)[1] == "bf16" for k in missing):
+            raise ReswiseError(
+                f"stage {stage_name(missing[0])} has no measured time: bf16 stages run in torch "
+                "and are not shipped (ONNX Runtime has no bf16 arithmetic); choose by time "
+                "among the others with --precision fp32,int8, or use --objective flops"
+            )
         if missing:
             raise ReswiseError(
                 f"the run has no measured time for stage {stage_name(missing[0])}; rerun the "
