@@ -27,29 +27,22 @@ from typing import Any
 
 import numpy as np
 
-from reswise.measure.doctor import cpu_flags, cpu_name
-from reswise.records import confidence
+from reswise.measure.doctor import cpu_name, has_vnni
 from reswise.ship.adaptive import load_model_for
 from reswise.ship.export import export_policy
 from reswise.ship.latency import heldout_images
 from reswise.ship.policy_file import load_policy
-from reswise.ship.runtime import OnnxCascade, softmax_stats
+from reswise.ship.runtime import OnnxCascade
 
 
 def sub_batches(runner: OnnxCascade, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """Per stage, the sub-batches the per-stage cascade runs it on (routing as the runtime)."""
-    per_stage: list[list[np.ndarray]] = [[] for _ in runner.chain]
-    for x in batches:
-        for k, sess in enumerate(runner.sessions):
-            if len(x) == 0:
-                break
-            per_stage[k].append(x)
-            if k == len(runner.thresholds):
-                break
-            out = sess.run(None, {"images": x})[0]
-            keep = confidence(*softmax_stats(out), runner.signal) < runner.thresholds[k]
-            x = x[keep]
-    return per_stage
+    """Per stage, the sub-batches the per-stage cascade runs it on: the chain climbs in
+    resolution, so stage k ran on the images answered at stage k or later, in batch order."""
+    answered_at = [runner(x)[1] for x in batches]
+    return [
+        [x[res >= r] for x, res in zip(batches, answered_at) if (res >= r).any()]
+        for r in runner.chain
+    ]
 
 
 def main() -> None:
@@ -103,11 +96,10 @@ def main() -> None:
     ref = flops[str(policy["reference"])]
     flops_saved = 1 - sum(flops[str(r)] * e for r, e in zip(policy["chain"], escalated)) / (n * ref)
     prec = policy.get("precision") or ["fp32"] * len(policy["chain"])
-    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
     print(
         f"{policy['model']} cascade {policy['chain']} {prec} on {policy['signal']}, {n} held-out "
         f"images, batch {bs}, {args.threads} threads, {args.rounds} interleaved rounds (medians); "
-        f"CPU {cpu_name()}, VNNI: {sorted(vnni) or 'no'}"
+        f"CPU {cpu_name()}, VNNI: {'yes' if has_vnni() else 'no'}"
     )
     print(f"images per stage (run / answered): {escalated} / {answered}")
     print(f"FLOPs saved: {100 * flops_saved:.1f} %")

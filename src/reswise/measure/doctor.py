@@ -97,6 +97,11 @@ def _backends() -> dict[str, str]:
     return out
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
 def bf16_support(device: str = "cpu") -> str | None:
     """None when bf16 arithmetic is native here, else why not (``reswise doctor`` prints it)."""
     if device.startswith("cuda"):
@@ -112,7 +117,7 @@ def bf16_support(device: str = "cpu") -> str | None:
 def precisions(device: str = "cpu") -> dict[str, str]:
     """What ``sweep --precision`` can do here, per precision, in words."""
     why = bf16_support(device)
-    if {"avx512_vnni", "avx_vnni"} & cpu_flags():
+    if has_vnni():
         int8 = "yes, ONNX Runtime on the CPU: VNNI, 8-bit weights"
     else:
         int8 = (

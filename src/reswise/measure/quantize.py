@@ -39,11 +39,11 @@ CALIB_IMAGES = 256  # images the ranges are computed from (ONNX Runtime's exampl
 CHOOSE_IMAGES = 1000  # calibration-half images the method is chosen on
 
 
-def has_vnni() -> bool:
-    """Whether this CPU has 8-bit dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
-    from .doctor import cpu_flags
+def _no_vnni() -> bool:
+    """7-bit weights where the CPU has no 8-bit dot products (ONNX Runtime's advice)."""
+    from .doctor import has_vnni  # here, not at the top: doctor imports torch
 
-    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+    return not has_vnni()
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class QuantSettings:
     method: str = "minmax"
     keep_float: str = "none"
     per_channel: bool = True
-    reduce_range: bool = field(default_factory=lambda: not has_vnni())
+    reduce_range: bool = field(default_factory=_no_vnni)
     percentile: float = 99.999
 
     def tag(self) -> str:

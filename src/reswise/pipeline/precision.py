@@ -23,13 +23,12 @@ from ..data import Dataset, ResizePolicy, normalizer, to_input
 from ..errors import ReswiseError
 from ..measure import distributed
 from ..measure.backends import Runner, cached_graph, ort_session, session_runner
-from ..measure.doctor import bf16_support, cpu_flags, cpu_name
+from ..measure.doctor import bf16_support, cpu_flags, cpu_name, has_vnni
 from ..measure.quantize import (
     CALIB_IMAGES,
     CHOOSE_IMAGES,
     METHODS,
     calibrate_stage,
-    has_vnni,
     with_normalize,
 )
 from ..models import LoadedModel

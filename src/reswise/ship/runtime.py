@@ -97,17 +97,17 @@ class OnnxCascade:
         self.class_names = self.policy.get("class_names")
         self._stages = (directory, graphs["stages"], threads)
         self._sessions: list[Any] | None = None
-        if not fused:
-            self.sessions  # noqa: B018 (load and hash-check them now, not at the first batch)
         self._reference = (directory, graphs["reference"], threads)
         self._ref_session: Any = None
         self.fused: Any = None
-        if fused:
-            if "fused" not in graphs:
-                raise ReswiseError(
-                    f"{directory} was exported without the fused graph (cascade.onnx); export "
-                    "it again with this version, or run it with fused=False"
-                )
+        if not fused:
+            self.sessions  # noqa: B018 (load and hash-check them now, not at the first batch)
+        elif "fused" not in graphs:
+            raise ReswiseError(
+                f"{directory} was exported without the fused graph (cascade.onnx); export "
+                "it again with this version, or run it with fused=False"
+            )
+        else:
             self.fused = self._load(directory, graphs["fused"], threads)
 
     @property
