@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import ReswiseError
 from . import ship
 from .common import (
     add_backend,
@@ -53,6 +54,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--check-root", help="ImageFolder of real images for the check")
     p.add_argument("--check-size", type=int, default=256, help="images used for the check")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="fail unless the check runs on real images (--policy: the policy's own, or "
+        "--check-root; one resolution: --check-root)",
+    )
     p.add_argument("--opset", type=int, default=17)
     add_threads(p)
     add_json(p)
@@ -87,6 +94,11 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy:
         return ship.run_export_policy(args)
     ship.require(args, "model", "resolution")
+    if args.check and not args.check_root:
+        raise ReswiseError(
+            "--check needs --check-root DIR: without it the graph is checked on random noise, "
+            "not on real images"
+        )
     lm = model_from(args)
     kw = pick(args, "bake_resize_from", "check_root", "check_size", "opset")
     out = export_checked(lm, args.resolution, args.out, **kw)

@@ -109,7 +109,32 @@ def _add_train(sub: Any) -> None:
         help="multi-resolution: per step the largest and smallest resolution plus K sampled from "
         "those between (default 1); 'all': every resolution every step",
     )
-    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument(
+        "--specialists",
+        help="low-resolution specialists instead of training the model: one copy per "
+        "resolution (e.g. 24,20,16), each distilled from the model at its native resolution on "
+        "the same augmented images; the model stays as it is, labels are not needed (a flat "
+        "folder of images works)",
+    )
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="specialists: also learn the folder labels (0.5 x KL + 0.5 x cross-entropy)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="specialists: softmax temperature of the distillation (default 1)",
+    )
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    prec.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast where the device has it, also for families it is measured slower "
+        "for (default: on, except EfficientNet-Lite)",
+    )
     p.add_argument(
         "--no-channels-last",
         action="store_true",
@@ -228,22 +253,27 @@ def _count(text: str, flag: str) -> int:
         raise ReswiseError(f"{flag} takes a whole number or 'all', got '{text}'") from None
 
 
-def train_config(args: argparse.Namespace, init: str) -> Any:
-    """The TrainConfig the train flags ask for (``init``: where the starting weights came from)."""
+def train_config(args: argparse.Namespace, init: str, lm_family: str = "") -> Any:
+    """The TrainConfig the train flags ask for (``init``: where the starting weights came from;
+    ``lm_family``: the model's family, which decides the bf16 default)."""
     from ..data import parse_resolutions
-    from ..finetune.train import TrainConfig
+    from ..finetune.train import TrainConfig, bf16_pays
 
     res = args.train_resolutions
     same = pick(args, "epochs", "lr", "warmup_epochs", "label_smoothing", "batch_size", "seed")
     return TrainConfig(
         **same,
-        train_resolutions=tuple(parse_resolutions(res)) if res else (),
-        bf16=not args.fp32,
+        train_resolutions=tuple(parse_resolutions(res, "--train-resolutions")) if res else (),
+        bf16=args.bf16 or (not args.fp32 and bf16_pays(lm_family)),
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
         init=init,
         sandwich_k=None if args.sandwich_k == "all" else _count(args.sandwich_k, "--sandwich-k"),
-        **pick(args, "distill", "largest_weight"),
+        specialists=tuple(parse_resolutions(args.specialists, "--specialists"))
+        if args.specialists
+        else (),
+        specialist_labels=args.labels,
+        **pick(args, "distill", "largest_weight", "temperature"),
     )
 
 
@@ -269,6 +299,7 @@ def _with_crop(info: Any, crop: float) -> Any:
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load_dataset
+    from ..finetune.checks import preflight
     from ..finetune.train import train
     from ..measure.distributed import world
     from ..measure.inference import resolve_device
@@ -278,12 +309,18 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     lm = model_from(args, need_weights=False)
     if args.crop_pct is not None:  # the held-out evaluation's crop (1.0: whole image)
         lm.info = _with_crop(lm.info, args.crop_pct)
-    data = load_data(args)
+    cfg = train_config(args, lm.weights, lm.info.family)
+    if args.labels and not cfg.specialists:
+        raise ReswiseError("--labels goes with --specialists (ordinary training always uses them)")
+    preflight(lm, cfg, args.out)  # flags, memory, --out: before the data, a bad one costs a second
+    # --class-map maps the folders onto the model's classes as the sweep does (same refusals);
+    # specialists learn the model's outputs: a flat folder is enough (--labels then refused)
+    data = load_data(args, lm if args.class_map else None, unlabelled=bool(cfg.specialists))
     test = load_dataset("imagefolder", args.test_root) if args.test_root else None
     out = train(
         lm,
         data,
-        train_config(args, lm.weights),
+        cfg,
         args.out,
         test_data=test,
         progress=not args.no_progress,

@@ -24,6 +24,23 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+# flags of the one-resolution commands that a policy decides itself (model, weights, resolutions)
+MODEL_FLAGS = ("model", "checkpoint", "pretrained", "random_init")
+UNUSED_BY_EXPORT = (*MODEL_FLAGS, "resolution", "bake_resize_from")
+UNUSED_BY_LATENCY = (*MODEL_FLAGS, "resolutions", "reference", "no_fast")
+
+
+def refuse_unused(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """With --policy these flags would be parsed and ignored: refused, not ignored."""
+    given = [n for n in names if getattr(args, n, None) not in (None, False)]
+    if given:
+        flag = f"--{given[0].replace('_', '-')}"
+        raise ReswiseError(
+            f"{flag} is not used with --policy (the policy file names the model, its weights and "
+            f"the stages' resolutions); drop {flag}, or run {args.command} without --policy"
+        )
+
+
 def require(args: argparse.Namespace, *names: str) -> None:
     """Flags a command needs when it is not given --policy."""
     for name in names:
@@ -39,6 +56,7 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
         stages_text,
     )
 
+    refuse_unused(args, UNUSED_BY_LATENCY)
     if not args.data_root:
         raise ReswiseError("--policy needs --data-root DIR: the images its sweep ran on")
     backend = {"auto": POLICY_BACKENDS, "torch": ("eager",)}.get(args.backend, (args.backend,))
@@ -71,15 +89,18 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
 def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import export_policy_checked
 
+    refuse_unused(args, UNUSED_BY_EXPORT)
     out = export_policy_checked(
         args.policy, args.out, check_root=args.check_root, check_size=args.check_size,
-        opset=args.opset,
+        opset=args.opset, require_check=args.check,
     )  # fmt: skip
     images, root = out.get("n_check_images"), out.get("check_root")
     if not args.json:
         print(
             f"wrote {', '.join(f['file'] for f in out['files'].values())} and policy.json to {out['out']}"
         )
+        if out.get("check_skipped"):
+            print(f"not checked on real images: {out['check_skipped']}")
         if images is not None:
             print(
                 f"checked on {out['n_check_images']} images of {root}: resize identical to the "

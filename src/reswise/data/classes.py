@@ -233,10 +233,11 @@ def align_labels(
     return dataclasses.replace(dataset, labels=labels, label_names=names, label_mapping=how), how
 
 
-def load_data(cfg: Any, lm: Any = None) -> Dataset:
+def load_data(cfg: Any, lm: Any = None, unlabelled: bool = False) -> Dataset:
     """The images ``cfg`` names (a SweepConfig, or any object with its data fields), with
     labels mapped onto ``lm``'s classes by name when the weights carry class names
-    (``lm``: a :class:`reswise.models.LoadedModel`; typed loosely so data needs no models)."""
+    (``lm``: a :class:`reswise.models.LoadedModel`; typed loosely so data needs no models).
+    ``unlabelled``: a flat folder of images is accepted (label-free training)."""
     data = load_dataset(
         cfg.dataset,
         cfg.data_root,
@@ -244,6 +245,7 @@ def load_data(cfg: Any, lm: Any = None) -> Dataset:
         limit=cfg.limit,
         on_corrupt=cfg.on_corrupt,
         seed=cfg.seed,
+        unlabelled=unlabelled,
     )
     if lm is None:
         return data

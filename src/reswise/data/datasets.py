@@ -135,7 +135,18 @@ class FileImages:
 Dataset = TensorImages | FileImages
 
 
-def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]:
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan_imagefolder(
+    root: str | Path, unlabelled: bool = False
+) -> tuple[list[str], list[int], list[str]]:
+    """Paths, folder-position labels and class folder names of ``root/<class>/*``.
+
+    ``unlabelled``: a flat folder (images directly in ``root``, no class folders) is accepted
+    too, with no classes and every label -1 (label-free training: ``train --specialists``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise ReswiseError(
@@ -143,12 +154,18 @@ def scan_imagefolder(root: str | Path) -> tuple[list[str], list[int], list[str]]
         )
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ReswiseError(f"data root {root} has no class folders; expected DIR/<class>/<image>")
+        flat = sorted(str(p) for p in root.iterdir() if _is_image(p.name) and p.is_file())
+        if unlabelled and flat:
+            return flat, [-1] * len(flat), []
+        hint = " (a flat folder of images works for `train --specialists`)" if flat else ""
+        raise ReswiseError(
+            f"data root {root} has no class folders; expected DIR/<class>/<image>{hint}"
+        )
     paths, labels = [], []
     for i, c in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(root / c)):
             for f in sorted(files):
-                if f.lower().endswith(IMG_EXTENSIONS):
+                if _is_image(f):
                     paths.append(os.path.join(dirpath, f))
                     labels.append(i)
     if not paths:
@@ -172,6 +189,7 @@ def load_imagefolder(
     use_cache: bool = True,
     seed: int = 0,
     workers: int = 4,
+    unlabelled: bool = False,
 ) -> Dataset:
     """Load ``root/<class>/*``. Same-size images (CIFAR-like) become one cached uint8 tensor.
 
@@ -183,7 +201,7 @@ def load_imagefolder(
     """
     if on_corrupt not in ("skip", "error"):
         raise ReswiseError(f"on_corrupt must be 'skip' or 'error', got '{on_corrupt}'")
-    paths, labels, classes = scan_imagefolder(root)
+    paths, labels, classes = scan_imagefolder(root, unlabelled)
     keep = _select(paths, labels, limit, seed)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
@@ -338,8 +356,12 @@ def load_dataset(
     limit: int | None = None,
     on_corrupt: str = "skip",
     seed: int = 0,
+    unlabelled: bool = False,
 ) -> Dataset:
-    """Load a dataset by name: ``cifar10``, ``imagefolder`` or ``imagenet`` (ImageFolder val layout)."""
+    """Load a dataset by name: ``cifar10``, ``imagefolder`` or ``imagenet`` (ImageFolder val layout).
+
+    ``unlabelled``: an ``imagefolder`` may be a flat folder of images (labels -1, no classes).
+    """
     if name not in DATASETS:
         raise ReswiseError(f"unknown dataset '{name}'; valid names: {', '.join(DATASETS)}")
     if limit is not None and limit <= 0:
@@ -348,7 +370,7 @@ def load_dataset(
         return load_cifar10(root or cache_dir() / "cifar10", split, limit, seed=seed)
     if root is None:
         raise ReswiseError(f"dataset '{name}' needs --data-root DIR (DIR/<class>/<image>)")
-    data = load_imagefolder(root, limit, on_corrupt, seed=seed)
+    data = load_imagefolder(root, limit, on_corrupt, seed=seed, unlabelled=unlabelled)
     if name == "imagenet" and len(data.classes) != 1000:
         # labels are folder indices: with any other number of folders they would not line up
         # with the model's 1000 outputs and every accuracy would be silently wrong

@@ -96,8 +96,8 @@ def to_input(
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-def parse_resolutions(text: str | list[int]) -> list[int]:
-    """'32,28,24' -> [32, 28, 24]; with a clear error for anything else."""
+def parse_resolutions(text: str | list[int], flag: str = "--resolutions") -> list[int]:
+    """'32,28,24' -> [32, 28, 24]; with a clear error naming ``flag`` for anything else."""
     if isinstance(text, list):
         vals = text
     else:
@@ -105,13 +105,13 @@ def parse_resolutions(text: str | list[int]) -> list[int]:
             vals = [int(t) for t in str(text).replace(" ", "").split(",") if t]
         except ValueError:
             raise ReswiseError(
-                f"--resolutions must be a comma-separated list of integers, got '{text}'"
+                f"{flag} must be a comma-separated list of integers, got '{text}'"
             ) from None
     if not vals:
-        raise ReswiseError("--resolutions is empty; give e.g. --resolutions 32,28,24")
+        raise ReswiseError(f"{flag} is empty; give e.g. {flag} 32,28,24")
     bad = [v for v in vals if v <= 0]
     if bad:
-        raise ReswiseError(f"resolutions must be positive, got {bad[0]}")
+        raise ReswiseError(f"{flag}: resolutions must be positive, got {bad[0]}")
     if len(set(vals)) != len(vals):
-        raise ReswiseError(f"--resolutions lists a value twice: {text}")
+        raise ReswiseError(f"{flag} lists a resolution twice: {text}")
     return vals

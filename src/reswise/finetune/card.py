@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..data import Dataset
-from ..records import sha256_file
+from ..records import sha256_file, write_atomic
 
 
 @dataclass
@@ -40,6 +40,17 @@ def _weights_flags(model: str, init: str) -> list[str]:
     return ["--checkpoint", init]
 
 
+def _bf16_default(model: str) -> bool:
+    """Whether ``train`` turns bf16 on for ``model`` unasked (else the command says --bf16)."""
+    from ..models import model_info
+    from .train import bf16_pays
+
+    try:
+        return bf16_pays(model_info(model).family)
+    except Exception:  # a name this registry no longer knows: say --bf16 to be safe
+        return False
+
+
 def command(cfg: Any, facts: CardFacts, out: Path) -> str:
     """The ``reswise train`` command that runs ``cfg`` again."""
     data = facts.data_flags or ["--dataset", "imagefolder", "--data-root", facts.data.name]
@@ -48,18 +59,32 @@ def command(cfg: Any, facts: CardFacts, out: Path) -> str:
     parts += ["--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--warmup-epochs",
               str(cfg.warmup_epochs), "--label-smoothing", str(cfg.label_smoothing),
               "--batch-size", str(cfg.batch_size)]  # fmt: skip
+    if getattr(cfg, "specialists", ()):
+        parts += ["--specialists", ",".join(map(str, cfg.specialists))]
+        parts += ["--labels"] * cfg.specialist_labels
+        parts += ["--temperature", str(cfg.temperature)] * (cfg.temperature != 1.0)
     if cfg.train_resolutions:
         parts += ["--train-resolutions", ",".join(map(str, cfg.train_resolutions))]
         parts += ["--sandwich-k", "all" if cfg.sandwich_k is None else str(cfg.sandwich_k)]
     parts += ["--distill"] * cfg.distill + ["--shared-bn"] * (not cfg.private_bn)
     if cfg.largest_weight:
         parts += ["--largest-weight", str(cfg.largest_weight)]
-    parts += ["--fp32"] * (not cfg.bf16) + ["--no-channels-last"] * (not cfg.channels_last)
+    parts += ["--fp32"] * (not cfg.bf16) + ["--bf16"] * (
+        cfg.bf16 and not _bf16_default(facts.model)
+    )
+    parts += ["--no-channels-last"] * (not cfg.channels_last)
     return shlex.join([*parts, "--seed", str(cfg.seed), "--out", str(out)])
 
 
 def _recipe(cfg: Any, res: list[int], autocast: str) -> str:
-    if len(res) > 1:
+    if getattr(cfg, "specialists", ()):
+        step = (f"every step shows one augmented batch to the model at {res[0]}x{res[0]} "
+                "(frozen, eval mode) and to each specialist at its resolution (bilinear + "
+                "antialias); each specialist learns "
+                + ("0.5 x KL to the model's softmax + 0.5 x cross-entropy on the labels"
+                   if cfg.specialist_labels else "the model's softmax (KL), labels unused")
+                + f", temperature {cfg.temperature}")  # fmt: skip
+    elif len(res) > 1:
         k = "every resolution" if cfg.sandwich_k is None else f"k = {cfg.sandwich_k}"
         step = (f"every step runs the batch at the largest and the smallest resolution plus "
                 f"{k} drawn between (sandwich rule, `--sandwich-k`), resized bilinear + "
@@ -98,15 +123,32 @@ def _python_only(cfg: Any) -> str:
             "Python: the command has no flags for them)")  # fmt: skip
 
 
+def _extra_state(numbers: int, extra: list[int], native: int, specialists: bool) -> str:
+    """What the file holds per extra resolution, for the Architecture line."""
+    if not extra or not numbers:
+        return ""
+    where = ", ".join(f"{r}x{r}" for r in extra)
+    if specialists:
+        return (f"; **specialists** (a whole copy of the weights, {numbers} numbers, per "
+                f"resolution) for {where} under `reswise.bn.<r>.*`; the {native}x{native} "
+                "weights are the starting model's, unchanged; `sweep`, `select`, `cascade`, "
+                "`export` use each specialist at its resolution")  # fmt: skip
+    return (f"; **private BatchNorm** ({numbers} numbers per resolution) for {where} under "
+            "`reswise.bn.<r>.*`, used by `sweep`, `select`, `cascade`, `export` at those "
+            "resolutions")  # fmt: skip
+
+
 def write_card(out: Path, cfg: Any, facts: CardFacts, result: dict[str, Any]) -> Path:
     """Write ``<out>.md`` beside the weights ``out``; return its path."""
-    res = sorted(cfg.train_resolutions, reverse=True) or [result["input_size"]]
+    specs = tuple(getattr(cfg, "specialists", ()))
+    native = result["input_size"]
+    res = sorted(cfg.train_resolutions or ([native, *specs] if specs else []), reverse=True) or [
+        native
+    ]
     where = " / ".join(map(str, res))
     d, t = facts.data, facts.test
-    extra = [r for r in res if r != result["input_size"]]
-    bn = (f"; **private BatchNorm** ({facts.private_bn_numbers} numbers per resolution) for "
-          f"{', '.join(f'{r}x{r}' for r in extra)} under `reswise.bn.<r>.*`, used by `sweep`, "
-          "`select`, `cascade`, `export` at those resolutions") if extra and facts.private_bn_numbers else ""  # fmt: skip
+    extra = [r for r in res if r != native]
+    bn = _extra_state(facts.private_bn_numbers, extra, native, bool(specs))
     lines = [
         f"# {facts.model} · `{out.name}` (trained at {where})",
         "",
@@ -121,7 +163,8 @@ def write_card(out: Path, cfg: Any, facts: CardFacts, result: dict[str, Any]) ->
             if result["classes"]
             else "the file names no classes: output i is class folder i."
         ),  # fmt: skip
-        f"- **Data**: trained on `{d.name}` ({len(d)} images, {len(d.classes)} classes)"
+        f"- **Data**: trained on `{d.name}` ({len(d)} images, "
+        + (f"{len(d.classes)} classes)" if d.classes else "a flat folder, no labels)")
         + (f", evaluated on `{t.name}` ({len(t)} images) after each epoch." if t else "."),
         f"- **Start**: {facts.init or 'random init'}.",
         f"- **Recipe** (`reswise.finetune.train`): {_recipe(cfg, res, result['autocast'])}.",
@@ -132,5 +175,5 @@ def write_card(out: Path, cfg: Any, facts: CardFacts, result: dict[str, Any]) ->
         _epochs(result["history"], res),
     ]
     path = out.with_suffix(".md")
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
     return path

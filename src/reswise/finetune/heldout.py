@@ -9,17 +9,18 @@ from torch import nn
 from ..data import Dataset
 from ..models import LoadedModel
 from .multires import PrivateBN
+from .specialist import Specialists
 
 
 def evaluate_multires(
     lm: LoadedModel,
-    wrapper: PrivateBN,
+    wrapper: PrivateBN | Specialists,
     data: Dataset,
     device: str = "cpu",
     resolutions: list[int] | None = None,
 ) -> dict[int, float]:
     """Test top-1 at ``resolutions`` (default: the native one and every private-BN one), each
-    with its own BN set."""
+    with its own BN set (or its own specialist)."""
     from ..measure.evaluate import sweep
 
     states = {r: {k: v.detach() for k, v in wrapper.overrides(r).items()} for r in wrapper.extra}
@@ -46,8 +47,8 @@ def held_out(
     lm: LoadedModel, model: nn.Module, test: Dataset, resolutions: list[int], device: str
 ) -> Any:
     """Held-out top-1 at ``resolutions`` (a number when there is one); a :class:`PrivateBN`
-    ``model`` is scored with each resolution's own BN set."""
-    if isinstance(model, PrivateBN):
+    or :class:`Specialists` ``model`` is scored with each resolution's own state."""
+    if isinstance(model, (PrivateBN, Specialists)):
         return evaluate_multires(lm, model, test, device=device, resolutions=resolutions)
     top = {r: evaluate_top1(lm, test, device=device, resolution=r) for r in resolutions}
     return top if len(top) > 1 else top[resolutions[0]]

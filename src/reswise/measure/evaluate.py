@@ -209,7 +209,7 @@ def _unpack(
     weights = model.weights
     if bn_states is None and model.extra:  # weights that carry per-resolution BN/adapters
         bn_states = model.extra.per_resolution
-        weights += f" + per-resolution BN statistics for {sorted(bn_states)}"
+        weights += f" + {model.extra.describe(model.model.state_dict().keys())}"
     return (
         model.info,
         model.info.name,

@@ -95,19 +95,18 @@ def available_memory() -> int:
     return avail
 
 
-def activation_elements(net: nn.Module, resolution: int) -> tuple[int, int]:
-    """Largest single activation and the input, in elements per image, at ``resolution``.
+def layer_outputs(net: nn.Module, resolution: int) -> list[float]:
+    """Elements per image of every leaf layer's output at ``resolution``, in call order.
 
     Measured with forward hooks at a small probe size and scaled by area, so a request for a
     huge resolution is judged before anything of that size is allocated.
     """
     probe = min(resolution, 64)
-    largest = 0
+    sizes: list[int] = []
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal largest
         if isinstance(output, torch.Tensor):
-            largest = max(largest, output[0].numel())
+            sizes.append(output[0].numel())
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
     param = next(net.parameters(), None)
@@ -121,7 +120,12 @@ def activation_elements(net: nn.Module, resolution: int) -> tuple[int, int]:
         for h in handles:
             h.remove()
     scale = (resolution / probe) ** 2
-    return int(largest * scale), 3 * resolution * resolution
+    return [n * scale for n in sizes]
+
+
+def activation_elements(net: nn.Module, resolution: int) -> tuple[int, int]:
+    """Largest single activation and the input, in elements per image, at ``resolution``."""
+    return int(max(layer_outputs(net, resolution), default=0)), 3 * resolution * resolution
 
 
 def check_memory(

@@ -25,6 +25,7 @@ from ..data import normalizer, to_input
 from ..errors import ReswiseError
 from ..models import LoadedModel
 from ..models._registry import sha256_file
+from ..records import replacing
 from .inference import check_resolutions
 
 TOLERANCE = 1e-4  # max |logit difference| between ONNX Runtime and PyTorch for `ok`
@@ -105,26 +106,42 @@ def export_graph(
         axes["input"].update({2: "height", 3: "width"})
     param = next(model.parameters(), None)
     example = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
+    # written beside ``out`` and renamed once whole: a full disk or Ctrl-C leaves no half graph
+    # (in the backend cache, a later run would load it)
     try:
-        with warnings.catch_warnings():
-            # the legacy exporter warns about its own deprecation and about slice folding
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (example,),
-                str(out),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes=axes,
-            )
+        with replacing(out, ".onnx") as tmp:
+            quiet_export(net, example, tmp, opset, axes)
     except RuntimeError as e:
         raise ReswiseError(
             f"ONNX export at {resolution}x{resolution} failed ({str(e).splitlines()[0][:120]}); "
             "try another --opset"
         ) from None
     return out
+
+
+def quiet_export(
+    net: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    opset: int,
+    axes: dict[str, dict[int, str]],
+    names: tuple[str, str] = ("input", "logits"),
+) -> None:
+    """torch's TorchScript-based exporter (``dynamo=False``), one input and one output named
+    ``names``, its warnings silenced."""
+    with warnings.catch_warnings():
+        # the legacy exporter warns about its own deprecation and about slice folding
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=axes,
+        )
 
 
 def _check_input(lm: LoadedModel, images: torch.Tensor, size: int, baked: bool) -> torch.Tensor:

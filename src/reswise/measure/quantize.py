@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReswiseError
+from ..records import replacing, write_atomic
 from .onnx import require_onnxruntime
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -102,10 +102,8 @@ def preprocessed(fp32: Path) -> Path:
     out = quant_dir() / f"{fp32.stem}.pre.onnx"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp.onnx")
-        with _quiet():
+        with _quiet(), replacing(out, ".onnx") as tmp:
             quant_pre_process(str(fp32), str(tmp), skip_symbolic_shape=True)
-        os.replace(tmp, out)
     return out
 
 
@@ -172,13 +170,12 @@ def quantize_graph(
     }[settings.method]
     pre = preprocessed(fp32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp.onnx")
     extra = {
         "CalibPercentile": settings.percentile,
         "CalibTensorRangeSymmetric": False,
         "CalibStridedMinMax": 1,  # one batch per collection (see _Reader), any method
     }
-    with _quiet():
+    with _quiet(), replacing(out, ".onnx") as tmp:
         q.quantize_static(
             str(pre),
             str(tmp),
@@ -193,7 +190,6 @@ def quantize_graph(
             calibration_cache_path=str(ranges),
             extra_options=extra,
         )
-    os.replace(tmp, out)
     return out
 
 
@@ -260,7 +256,7 @@ def rebuild_int8(fp32: Path, stage: dict[str, Any]) -> Path:
     graph, ranges = Path(f"{stem}.int8.onnx"), Path(f"{stem}.ranges.json")
     if not graph.is_file():
         ranges.parent.mkdir(parents=True, exist_ok=True)
-        ranges.write_bytes(body)
+        write_atomic(ranges, body)
         quantize_graph(fp32, graph, ranges, settings)
     from ..records import sha256_file
 
@@ -299,7 +295,6 @@ def with_normalize(int8: Path, mean: tuple[float, ...], std: tuple[float, ...]) 
     first = helper.make_model(norm, opset_imports=list(net.opset_import))
     first.ir_version = net.ir_version
     joined = compose.merge_models(first, net, io_map=[("x", "input")])
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    onnx.save(joined, str(tmp))
-    os.replace(tmp, out)
+    with replacing(out, ".onnx") as tmp:
+        onnx.save(joined, str(tmp))
     return out

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import ReswiseError
+from ..records.files import replacing
 
 NAMESPACE = "reswise."  # every key reswise adds to a state_dict starts with this
 PREFIX = NAMESPACE + "bn."
 CLASSES_KEY = NAMESPACE + "classes"
+MADE_KEY = NAMESPACE + "made"  # how the per-resolution state was made, one line (UTF-8)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ExtraState:
 
     per_resolution: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     class_names: tuple[str, ...] | None = None  # what the outputs mean, when the file says
+    made: str | None = None  # how the per-resolution state was made, when the file says
 
     def __bool__(self) -> bool:  # "has per-resolution state": class names alone change no layer
         return bool(self.per_resolution)
@@ -46,6 +49,35 @@ class ExtraState:
         """The tensors to load at ``resolution``, or None when it has none of its own."""
         return self.per_resolution.get(int(resolution))
 
+    def kinds(self, model_keys: set[str] | list[str]) -> dict[int, str]:
+        """Per resolution, what its state is for a model with state_dict keys ``model_keys``:
+        ``specialist`` (every tensor of its own), ``adapter`` (BN and some weights) or ``bn``."""
+        return {r: state_kind(ts, model_keys) for r, ts in sorted(self.per_resolution.items())}
+
+    def describe(self, model_keys: set[str] | list[str]) -> str:
+        """One phrase for what the weights carry per resolution, e.g. 'specialists for [16, 20]'."""
+        names = {"specialist": "specialists", "adapter": "adapters", "bn": "BN statistics"}
+        by_kind: dict[str, list[int]] = {}
+        for r, kind in self.kinds(model_keys).items():
+            by_kind.setdefault(names[kind], []).append(r)
+        return "; ".join(f"per-resolution {k} for {rs}" for k, rs in by_kind.items())
+
+
+def state_kind(tensors: dict[str, torch.Tensor], model_keys: set[str] | list[str]) -> str:
+    """``specialist`` when ``tensors`` replace every entry of the model's state_dict (BN's
+    step counters aside), ``adapter`` when they replace any weight that is not BatchNorm's,
+    else ``bn``: told from the keys alone, so files written before the kinds had names read
+    the same."""
+    needed = {k for k in model_keys if not k.endswith("num_batches_tracked")}
+    if needed and needed <= set(tensors):
+        return "specialist"
+    bn_like = ("running_mean", "running_var", "num_batches_tracked")
+    bn_params = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(bn_like)}
+    weights = [
+        k for k in tensors if not k.endswith(bn_like) and k.rsplit(".", 1)[0] not in bn_params
+    ]
+    return "adapter" if weights else "bn"
+
 
 def encode_class_names(names: tuple[str, ...] | list[str]) -> torch.Tensor:
     """Class names as a uint8 tensor, so the file stays a ``weights_only`` state_dict."""
@@ -54,18 +86,26 @@ def encode_class_names(names: tuple[str, ...] | list[str]) -> torch.Tensor:
         raise ReswiseError(
             "class names for a checkpoint must be non-empty, one line each; check the names passed"
         )
-    return torch.frombuffer(bytearray("\n".join(names).encode()), dtype=torch.uint8).clone()
+    return _encode_text("\n".join(names))
 
 
-def decode_class_names(t: torch.Tensor) -> tuple[str, ...]:
+def _encode_text(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
+
+
+def _decode_text(t: torch.Tensor, key: str) -> str:
     try:
         if t.dtype != torch.uint8 or t.dim() != 1:
             raise ValueError
-        return tuple(bytes(t.numpy().tobytes()).decode("utf-8").split("\n"))
+        return bytes(t.numpy().tobytes()).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         raise ReswiseError(
-            f"checkpoint key '{CLASSES_KEY}' is not UTF-8 class names; re-save the checkpoint"
+            f"checkpoint key '{key}' is not UTF-8 text; re-save the checkpoint"
         ) from None
+
+
+def decode_class_names(t: torch.Tensor) -> tuple[str, ...]:
+    return tuple(_decode_text(t, CLASSES_KEY).split("\n"))
 
 
 def peek_class_names(path: str | Path) -> tuple[str, ...] | None:
@@ -108,16 +148,18 @@ def split_checkpoint(
     """
     plain: dict[str, torch.Tensor] = {}
     per_resolution: dict[int, dict[str, torch.Tensor]] = {}
-    names = None
+    names = made = None
     for key, t in state.items():
         if not key.startswith(NAMESPACE):
             plain[key] = t
         elif key == CLASSES_KEY:
             names = decode_class_names(t)
+        elif key == MADE_KEY:
+            made = _decode_text(t, MADE_KEY)
         else:
             res, name = _decode_key(key)
             per_resolution.setdefault(res, {})[name] = t
-    return plain, ExtraState(per_resolution, names)
+    return plain, ExtraState(per_resolution, names, made)
 
 
 def check_fits(
@@ -144,9 +186,11 @@ def checkpoint_state(
     model_state: dict[str, torch.Tensor],
     per_resolution: dict[int, dict[str, torch.Tensor]],
     class_names: tuple[str, ...] | list[str] | None = None,
+    made: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Encode: ``model_state`` plus ``reswise.bn.<r>.<key>`` entries, all detached CPU copies,
-    plus ``reswise.classes`` when ``class_names`` are given.
+    plus ``reswise.classes`` when ``class_names`` are given and ``reswise.made`` (how the
+    per-resolution state was made, one line) when ``made`` is.
 
     Copies, so the result is a snapshot that later training steps cannot change.
     """
@@ -160,6 +204,8 @@ def checkpoint_state(
             state[f"{PREFIX}{int(r)}.{name}"] = t.detach().to("cpu", copy=True)
     if class_names is not None:
         state[CLASSES_KEY] = encode_class_names(class_names)
+    if made:
+        state[MADE_KEY] = _encode_text(" ".join(made.split()))
     return state
 
 
@@ -177,4 +223,5 @@ def save_checkpoint(
         class_names = getattr(getattr(model, "info", None), "class_names", None)
     model = getattr(model, "model", model)
     state = checkpoint_state(model.state_dict(), per_resolution, class_names)
-    torch.save(state, Path(path))
+    with replacing(Path(path)) as tmp:  # never half a checkpoint at ``path`` (a full disk)
+        torch.save(state, tmp)

@@ -119,6 +119,14 @@ _RESWISE = {
             "reswise_jpeg fine-tuned 30 epochs at 32, 24, 20, 16 on a GPU (private BN, "
             "distilled); card: cifar_resnet20_multires_v2.md",
         ),
+        jpeg_weights(
+            "reswise_jpeg_specialists",
+            "cifar_resnet20_specialists-df09452a.pt",
+            "df09452a02fa6ea46a01693714ef59552bddbb3fae7800214780ae37435c0cb1",
+            88.95,
+            "reswise_jpeg unchanged at 32 + specialists at 24, 20, 16 distilled from it without "
+            "labels, 15 epochs on the CPU; card: cifar_resnet20_specialists.md",
+        ),
     ),
 }
 

@@ -32,7 +32,7 @@ from ..measure.quantize import (
     with_normalize,
 )
 from ..models import LoadedModel
-from ..records import PRECISIONS, SweepResult, sha256_file, summarize
+from ..records import PRECISIONS, SweepResult, replacing, sha256_file, summarize
 
 QUANT_DIR = "quant"  # in the run folder: the ranges that rebuild each int8 graph
 
@@ -101,7 +101,8 @@ def int8_runners(
             **quant_options(cfg.quant),
         )
         kept = out / QUANT_DIR / f"r{r}.ranges.json"
-        shutil.copyfile(q.ranges, kept)
+        with replacing(kept) as tmp:  # a full disk leaves no half file in the run
+            shutil.copyfile(q.ranges, tmp)
         sha = sha256_file(q.graph)
         normed = with_normalize(q.graph, lm.info.mean, lm.info.std)
         backend = f"onnxruntime-int8:{sha[:12]}"

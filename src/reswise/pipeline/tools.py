@@ -138,14 +138,17 @@ def export_policy_checked(
     check_root: str | None = None,
     check_size: int = 256,
     opset: int = 17,
+    require_check: bool = False,
 ) -> dict[str, Any]:
     """``reswise export --policy``: the cascade's graphs, checked on real images of its native
-    size: ``check_root``, else the policy's own images when that folder is here."""
+    size: ``check_root``, else the policy's own images when that folder is here. When no check
+    can run, the result says why (``check_skipped``); ``require_check`` refuses instead, before
+    any work."""
     from ..ship.export import export_policy
     from ..ship.policy_file import load_policy
 
     root = check_root or load_policy(policy)["images"]["dataset"]
-    images = None
+    images, skipped = None, None
     if check_root or (root and Path(root).is_dir()):
         data = load_dataset("imagefolder", root, limit=check_size, seed=0)
         images = data.get(torch.arange(len(data)))
@@ -155,6 +158,15 @@ def export_policy_checked(
                     f"--check-root {check_root} holds images of several sizes; the cascade takes "
                     "one native size: give a folder of images of that size (the sweep's images)"
                 )
-            images = None  # the policy's own folder, of several sizes: nothing to check on
+            images, skipped = None, f"the policy's images {root} are of several sizes"
+    elif root:
+        skipped = f"the policy's images {root} are not found from {Path.cwd()}"
+    else:
+        skipped = "the policy names no image folder"
+    if skipped:
+        skipped += " (give --check-root DIR: images of the cascade's native size)"
+        if require_check:
+            raise ReswiseError(f"--check: no check on real images can run: {skipped}")
     result = export_policy(policy, out, check_images=images, opset=opset)
-    return {**result, "check_root": root if images is not None else None}
+    checked = {"check_root": root} if images is not None else {"check_skipped": skipped}
+    return {**result, **checked}

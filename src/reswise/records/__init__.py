@@ -14,7 +14,7 @@ from .core import (
     row_key,
     summarize,
 )
-from .files import jsonable, save_npz, sha256_file, write_atomic
+from .files import jsonable, replacing, save_npz, sha256_file, write_atomic
 from .stages import (
     PRECISIONS,
     Stage,
@@ -35,6 +35,7 @@ __all__ = [
     "confidence",
     "jsonable",
     "parse_stage",
+    "replacing",
     "row_key",
     "save_npz",
     "sha256_file",

@@ -153,7 +153,7 @@ class Records:
         return out
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, **self.arrays())
+        save_npz(Path(path), self.arrays())  # atomic: a full disk leaves no half file
 
     @classmethod
     def load(cls, path: str | Path) -> Records:

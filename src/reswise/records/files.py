@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +22,36 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def replacing(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A hidden temporary file beside ``path`` for the body to write (its name ends in ``suffix``,
+    for writers that go by it: ``.onnx``), renamed onto ``path`` once the body succeeds: never
+    half a file at ``path``, and whatever stops the body (a full disk, Ctrl-C, a failed export)
+    the temporary file is removed.
+
+    An OSError of the body names ``path``: a failed write names no file (ENOSPC comes from
+    ``write``, which has no file name) or the temporary one, which is gone.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename: never a half-written file,
     and no temporary file left behind when the write fails (a full disk, say)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:

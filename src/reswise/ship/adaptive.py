@@ -88,6 +88,23 @@ def load_model_for(policy: dict[str, Any], lm: LoadedModel | None = None) -> Loa
     return lm
 
 
+def check_flops(policy: dict[str, Any], lm: LoadedModel) -> None:
+    """Refuse a policy whose FLOPs are not the model's, counted as the sweep counted them: its
+    FLOPs-saved figures are computed from them (an edited entry printed "FLOPs saved 82.6 %",
+    true: 57.6 %)."""
+    from ..measure.flops import FlopAnalysis
+    from .schema_errors import where
+
+    for r, claimed in policy["flops"].items():
+        have = FlopAnalysis(lm.model, int(r)).total()
+        if have != claimed:
+            raise ReswiseError(
+                f"{policy.get('path', 'the policy')}: {where(['flops', r])} is {claimed}, but "
+                f"{lm.info.name} counts {have} FLOPs at {r} x {r} (as its sweep did): edited by "
+                "hand? write it again with reswise cascade --from RUN --save POLICY.json"
+            )
+
+
 def resize_policy(pre: dict[str, Any], r: int | None = None) -> ResizePolicy:
     """The resize of stage ``r``: the crop ``--crop-pct auto`` chose there, else the policy's."""
     crop = (pre.get("crop_pct_by_res") or {}).get(str(r), pre["crop_pct"])
@@ -166,10 +183,22 @@ def save_choice(
         bn_source=bn_source,
         class_names=list(lm.info.class_names) if lm.info.class_names else None,
     )
+    policy.update(stage_state(lm, bn_source))
     states = run.bn.states if run.bn is not None else None
     quant = {r: _quant_kept(run, r) for r, p in zip(chain, prec) if p == "int8"}
     out = save_policy(policy, path, states, quant)
     return {"policy_file": str(out), "bn": policy["bn"], "weights_sha256": weights["sha256"]}
+
+
+def stage_state(lm: LoadedModel, bn_source: dict[int, str]) -> dict[str, Any]:
+    """What each stage runs: the model's own weights (``model``; its BN maybe recalibrated,
+    see ``bn``) or the weights' per-resolution ``specialist``, ``adapter`` or ``bn`` state,
+    and how that state was made when the weights say (policy fields ``stage_state``,
+    ``state_made``)."""
+    kinds = lm.extra.kinds(lm.model.state_dict().keys())
+    state = {str(r): kinds[r] if src == "weights" else "model" for r, src in bn_source.items()}
+    made = lm.extra.made if any(v != "model" for v in state.values()) else None
+    return {"stage_state": state, **({"state_made": made} if made else {})}
 
 
 def _quant_kept(run: SweepResult, r: int) -> dict[str, Any]:
@@ -372,6 +401,8 @@ class AdaptiveClassifier(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> AdaptiveOutput:
+        if isinstance(images, torch.Tensor) and images.dtype in (torch.float16, torch.bfloat16):
+            images = images.float()  # torch's CPU resize has no 16-bit kernels; exact in fp32
         self.check_images(images)
         images = images.cpu()  # resized on the CPU, as the records were (see stage)
         n = len(images)

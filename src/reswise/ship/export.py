@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,13 +29,14 @@ from torch import nn
 
 from ..data import ResizePolicy
 from ..errors import ReswiseError
-from ..measure.onnx import TOLERANCE, prepare_model, require_onnxruntime
+from ..measure.onnx import TOLERANCE, prepare_model, quiet_export, require_onnxruntime
 from ..models import LoadedModel
-from ..records import confidence
+from ..records import confidence, sha256_file, write_atomic
 from ..records.rundir import check_destination, hold
 from .adaptive import AdaptiveClassifier, int8_stages, load_model_for, resize_policy, stage_bn
 from .fused import fuse_cascade
-from .policy_file import load_policy, sha256_file, write_atomic
+from .policy_file import load_policy
+from .seal import graph_metadata, seal_of, sealed_fields
 
 MAX_PRECISION = 22  # torch's uint8 resize: weights scaled by 2**p, p < 22, fitting int16
 NEAR_THRESHOLD = 1e-4  # a confidence this close to a threshold may route either way (rounding)
@@ -133,19 +133,9 @@ def _write_graph(
     graph: StageGraph, size: tuple[int, int], out: Path, opset: int, output: str = "logits"
 ) -> None:
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
+    axes = {"images": {0: "batch"}, output: {0: "batch"}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(out),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=[output],
-                dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
-            )
+        quiet_export(graph, example, out, opset, axes, names=("images", output))
     except RuntimeError as e:
         raise ReswiseError(
             f"ONNX export of {out.name} failed ({str(e).splitlines()[0][:120]}); try another --opset"
@@ -188,6 +178,40 @@ def build_graphs(policy: dict[str, Any], lm: LoadedModel) -> dict[str, StageGrap
         plan = resize_plan(resize_policy(pre, r), size, size, r)
         graphs[name] = StageGraph(net, plan, pre["mean"], pre["std"], p != "int8").eval()
     return graphs
+
+
+def _write_graphs(
+    policy: dict[str, Any], lm: LoadedModel, graphs: dict[str, StageGraph], stage: Path, opset: int
+) -> dict[str, dict[str, str]]:
+    """Every graph file into ``stage`` (per stage, the reference, the fused cascade), each
+    stamped with what it was exported for; their names and sha256 by graph name."""
+    size = int(policy["preprocessing"]["input_size"])
+    int8 = int8_stages(policy, lm, stage_bn(policy, lm))
+    prec = dict(zip(policy["chain"], sealed_fields(policy)["precision"]))
+    files = {}
+    for name, graph in graphs.items():
+        r, path = int(name.partition("_")[2] or policy["reference"]), stage / f"{name}.onnx"
+        if name != "reference" and r in int8:
+            _write_int8_stage(graph, int8[r], (size, size), path, opset)
+        else:
+            _write_graph(graph, (size, size), path, opset)
+        _stamp(path, graph_metadata(policy, (r, prec[r] if name != "reference" else "fp32")))
+        files[name] = {"file": path.name, "sha256": sha256_file(path)}
+    # the same stages again as one graph, routing included: one call per batch
+    fuse_cascade([stage / f"stage_{r}.onnx" for r in policy["chain"]], policy["thresholds"],
+                 policy["signal"] or "max_softmax", policy["chain"], stage / "cascade.onnx")  # fmt: skip
+    _stamp(stage / "cascade.onnx", graph_metadata(policy, None))
+    files["fused"] = {"file": "cascade.onnx", "sha256": sha256_file(stage / "cascade.onnx")}
+    return files
+
+
+def _stamp(path: Path, meta: dict[str, str]) -> None:
+    """``meta`` into the graph's ONNX metadata: what the runtime compares policy.json with."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
 
 
 def lock_path(out: Path) -> Path:
@@ -288,20 +312,9 @@ def export_policy(
     lm = load_model_for(policy, lm)
     with hold(lock_path(out), f"--out {out}"), _staged(out) as stage:
         graphs = build_graphs(policy, lm)
-        int8 = int8_stages(policy, lm, stage_bn(policy, lm))
-        files = {}
-        for name, graph in graphs.items():
-            r = int(name.partition("_")[2] or 0)
-            if name != "reference" and r in int8:
-                _write_int8_stage(graph, int8[r], (size, size), stage / f"{name}.onnx", opset)
-            else:
-                _write_graph(graph, (size, size), stage / f"{name}.onnx", opset)
-            files[name] = {"file": f"{name}.onnx", "sha256": sha256_file(stage / f"{name}.onnx")}
-        # the same stages again as one graph, routing included: one call per batch
-        fuse_cascade([stage / f"stage_{r}.onnx" for r in policy["chain"]], policy["thresholds"],
-                     policy["signal"] or "max_softmax", policy["chain"], stage / "cascade.onnx")  # fmt: skip
-        files["fused"] = {"file": "cascade.onnx", "sha256": sha256_file(stage / "cascade.onnx")}
+        files = _write_graphs(policy, lm, graphs, stage, opset)
         shipped = {k: v for k, v in policy.items() if k != "path"}
+        shipped["seal"] = seal_of(policy)  # the graphs record the same fields (graph_metadata)
         shipped["graphs"] = {
             "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "size": [size, size]},
             "stages": [files[f"stage_{r}"] for r in policy["chain"]],

@@ -29,7 +29,7 @@ from ..measure.evaluate import images_fingerprint
 from ..measure.inference import available_cpus, resolve_device, torch_threads
 from ..models import LoadedModel
 from ..records import stage
-from .adaptive import AdaptiveClassifier, load_model_for
+from .adaptive import AdaptiveClassifier, check_flops, load_model_for
 from .policy_file import heldout_positions, load_policy, measured
 
 POLICY_BACKENDS = ("eager", "onnxruntime")
@@ -89,6 +89,7 @@ def fixed_policy(policy: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:
     ref = int(policy["reference"])
     src = policy["bn"].get(str(ref)) or ("weights" if lm.extra.get(ref) else "shared")
     one = {**policy, "chain": [ref], "thresholds": [], "signal": None, "bn": {str(ref): src}}
+    one.pop("quant_file", None)
     # the baseline is the fp32 model at its native resolution, whatever the stages run at
     return {**one, "precision": ["fp32"]} if "precision" in policy else one
 
@@ -207,6 +208,7 @@ def measure_policy_latency(
                 "--backend onnxruntime"
             )
     lm = load_model_for(policy)
+    check_flops(policy, lm)  # the FLOPs-saved column is computed from them
     images, labels = heldout_images(policy, data_root, lm)
     if limit:
         images, labels = images[:limit], labels[:limit]

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import re
-import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,21 +36,19 @@ from ..records import (
     Records,
     SweepResult,
     jsonable,
-    sha256_file,
     unstage,
     write_atomic,
 )
 from ..records import stage as stage_key
-from .schema_errors import non_finite, schema_problem, where
+from .schema_errors import EXPORT_AGAIN, WRITE_AGAIN, non_finite, schema_problem, where
+from .seal import check_seal, seal_of
+from .side_files import QUANT_FORMAT, beside, load_bn_states, load_quant  # noqa: F401 (their old home)
 
 VERSION = 1
 FORMAT = f"reswise-policy/{VERSION}"
 SCHEMA_FILE = "policy.schema.json"  # beside this module; docs/policy.schema.json is a copy
-WRITE_AGAIN = "write it again with reswise cascade --from RUN --save POLICY.json"
-EXPORT_AGAIN = "export it again with reswise export --policy POLICY.json --out DIR"
 # ONNX Runtime's CPU provider has no bf16 arithmetic: a bf16 stage is swept, not shipped
 SHIPPED_PRECISIONS = ("fp32", "int8")
-QUANT_FORMAT = "reswise-quant/1"
 BN_SOURCES = ("shared", "weights", "recalibrated")  # model's own BN, weights' per-r BN, the sweep's
 
 
@@ -218,6 +215,11 @@ def _rule_problem(p: dict[str, Any], exported: bool) -> tuple[str, str] | None:
     int8 = [k for k, q in zip(keys, prec) if q == "int8"]
     if int8 and p.get("quant_file") is None:
         return "quant_file", f"is missing or null, but stage {int8[0]} runs int8"
+    if not int8 and p.get("quant_file") is not None:
+        return "precision", (
+            f"names no int8 stage, but quant_file {p['quant_file'].get('name')} holds the "
+            "int8 stages the file's figures were measured with (precision edited by hand?)"
+        )
     recal_int8 = [k for k in int8 if p["bn"].get(k) == "recalibrated"]
     if recal_int8:
         return where(["bn", recal_int8[0]]), (
@@ -307,40 +309,10 @@ def save_policy(
         data = (json.dumps(body, indent=1, default=jsonable) + "\n").encode()
         policy["quant_file"] = {"name": qfile.name, "sha256": hashlib.sha256(data).hexdigest()}
         write_atomic(qfile, data)
-    write_atomic(path, (json.dumps(policy, indent=1, default=jsonable) + "\n").encode())
+    policy = json.loads(json.dumps(policy, default=jsonable))  # the values as read back
+    policy["seal"] = seal_of(policy)  # a later hand edit of what the figures hold for is refused
+    write_atomic(path, (json.dumps(policy, indent=1) + "\n").encode())
     return path
-
-
-def beside(policy: dict[str, Any], info: dict[str, str], what: str) -> Path:
-    """A file that travels beside the policy (``info``: its name and sha256), checked unchanged."""
-    path = Path(policy.get("path", ".")).with_name(info["name"])
-    if not path.is_file() or sha256_file(path) != info["sha256"]:
-        raise ReswiseError(
-            f"{what} {path} are missing or changed since the policy was written; keep them "
-            "beside the policy file, or write it again with --save"
-        )
-    return path
-
-
-def load_quant(policy: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The int8 stages' quantization parameters (settings, ranges, graph sha256), checked
-    against the sha256 the policy holds; {} when no stage is int8."""
-    chain, prec = policy["chain"], policy.get("precision") or []
-    int8 = [int(r) for r, q in zip(chain, prec) if q == "int8"]
-    info = policy.get("quant_file")
-    if not int8:
-        return {}
-    qfile = beside(policy, info, "quantization parameters")
-    try:
-        body = json.loads(qfile.read_text())
-        stages = {int(r): body["stages"][str(r)] for r in int8}
-        for s in stages.values():
-            s["settings"], s["ranges"], s["graph_sha256"]  # noqa: B018 (a missing key is a KeyError)
-    except (ValueError, KeyError, TypeError):
-        raise ReswiseError(f"{qfile} is not a reswise quantization file; {WRITE_AGAIN}") from None
-    if body.get("format") != QUANT_FORMAT:
-        raise ReswiseError(f"{qfile} is not a {QUANT_FORMAT} file; {WRITE_AGAIN}")
-    return stages
 
 
 def load_policy(path: str | Path, *, exported: bool = False) -> dict[str, Any]:
@@ -355,57 +327,9 @@ def load_policy(path: str | Path, *, exported: bool = False) -> dict[str, Any]:
         fix = EXPORT_AGAIN if exported else WRITE_AGAIN
         raise ReswiseError(f"{path} is not JSON; {fix}") from None
     policy = check_policy(policy, str(path), exported=exported)
+    check_seal(policy, str(path), EXPORT_AGAIN if exported else WRITE_AGAIN)
     policy["path"] = str(path)
     return policy
-
-
-def load_bn_states(policy: dict[str, Any]) -> dict[int, dict[str, np.ndarray]]:
-    """The recalibrated BN statistics the policy's stages use (checked against their sha256, and
-    to hold the same tensors for exactly those stages)."""
-    used = sorted(int(r) for r, s in policy["bn"].items() if s == "recalibrated")
-    info = policy.get("bn_file")
-    if not info:
-        if used:
-            raise ReswiseError(
-                f"stage {used[0]} uses recalibrated BN statistics but the policy names no "
-                f"bn_file; {WRITE_AGAIN}"
-            )
-        return {}
-    npz = beside(policy, info, "BN statistics")
-    try:
-        with np.load(npz, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ReswiseError(
-            f"{npz} is not a BN statistics file ({e.__class__.__name__}); {WRITE_AGAIN}"
-        ) from None
-    return _bn_by_stage(arrays, used, npz)
-
-
-def _bn_by_stage(
-    arrays: dict[str, np.ndarray], used: list[int], npz: Path
-) -> dict[int, dict[str, np.ndarray]]:
-    """``<r>/<tensor>`` arrays per stage; refused unless they are for exactly the ``used`` stages
-    and each stage holds the same tensors (the model loads them leniently: a tensor missing for
-    one stage would quietly keep the shared statistics there)."""
-    states: dict[int, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        r, _, name = key.partition("/")
-        if not re.fullmatch(r"[1-9][0-9]*", r) or not name:
-            raise ReswiseError(
-                f"{npz} holds '{key}', not a '<resolution>/<tensor>' key; {WRITE_AGAIN}"
-            )
-        states.setdefault(int(r), {})[name] = value
-    if sorted(states) != used:
-        raise ReswiseError(
-            f"{npz} holds BN statistics for {sorted(states)}, but the stages on recalibrated BN "
-            f"are {used}; {WRITE_AGAIN}"
-        )
-    for r in used:
-        odd = sorted(set(states[r]) ^ set(states[used[0]]))
-        if odd:
-            raise ReswiseError(f"{npz}: stages {used[0]} and {r} differ in {odd[0]}; {WRITE_AGAIN}")
-    return states
 
 
 def heldout_positions(policy: dict[str, Any]) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ReswiseError
 from ..records import confidence
 from .policy_file import load_policy
+from .seal import check_graph
 
 TOPK = 2  # what every signal reads: top-1 and top-2 probabilities
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -118,14 +119,17 @@ class OnnxCascade:
             self._sessions = [self._load(directory, g, threads) for g in graphs]
         return self._sessions
 
-    @staticmethod
-    def _load(directory: Path, graph: dict[str, Any], threads: int | None) -> Any:
+    def _load(self, directory: Path, graph: dict[str, Any], threads: int | None) -> Any:
         f = directory / graph["file"]
         if not f.is_file() or _sha256(f) != graph["sha256"]:
             raise ReswiseError(
                 f"graph {f} is missing or differs from the one exported; export it again"
             )
-        return _session(f, threads)
+        session = _session(f, threads)
+        # the graph records what it was exported for: a policy.json edited since (a threshold
+        # the fused graph has baked in, a chain, a FLOPs figure) is refused, not run
+        check_graph(self.policy, session.get_modelmeta().custom_metadata_map, graph)
+        return session
 
     def _images(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images)
@@ -148,20 +152,28 @@ class OnnxCascade:
         idx = np.arange(n)
         logits: np.ndarray | None = None
         res = np.zeros(n, np.int64)
-        for i, (sess, r) in enumerate(zip(self.sessions, self.chain)):
-            out = sess.run(None, {"images": x if i == 0 else x[idx]})[0]
+        for i, r in enumerate(self.chain):
+            out, stop = self.stage(i, x if i == 0 else x[idx])
             if logits is None:
                 logits = np.empty((n, out.shape[1]), np.float32)
-            if i == len(self.chain) - 1:
-                logits[idx], res[idx] = out, r
-                break
-            stop = confidence(*softmax_stats(out), self.signal) >= self.thresholds[i]
             logits[idx[stop]], res[idx[stop]] = out[stop], r
             idx = idx[~stop]
             if len(idx) == 0:
                 break
         assert logits is not None
         return logits, res
+
+    def stage(self, i: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage ``i``'s logits on checked images ``x`` (uint8 ``N x 3 x H x W``) and which of
+        them it answers: confidence at least its threshold; the last stage answers every image.
+
+        The one routing rule of the per-stage runner: ``__call__`` and the server's batcher
+        (:mod:`reswise.ship.serve.batcher`, which pools escalated images across requests) call it.
+        """
+        out = self.sessions[i].run(None, {"images": x})[0]
+        if i == len(self.chain) - 1:
+            return out, np.ones(len(out), bool)
+        return out, confidence(*softmax_stats(out), self.signal) >= self.thresholds[i]
 
     def reference(self, images: np.ndarray) -> np.ndarray:
         """Logits of the fixed reference resolution alone (what the cascade is timed against)."""

@@ -8,6 +8,11 @@ import math
 import re
 from typing import Any
 
+# the fix a refused policy file's message ends with: the file written by a choosing command, or
+# the copy an export wrote
+WRITE_AGAIN = "write it again with reswise cascade --from RUN --save POLICY.json"
+EXPORT_AGAIN = "export it again with reswise export --policy POLICY.json --out DIR"
+
 
 def where(path: Any) -> str:
     """``thresholds[0]``, ``weights.sha256``, ``bn["20"]``: a field as a reader would index it."""

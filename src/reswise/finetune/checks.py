@@ -1,0 +1,106 @@
+"""What ``train`` refuses before any work: flags, memory, destination.
+
+A run that will fail should fail in its first second, not after an hour of training: every
+number a flag gives is checked for range and finiteness, the largest training resolution for
+memory (the sweep's estimate, scaled to what a training step keeps), and ``--out`` with its
+resume state for being writable files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ReswiseError
+from ..measure.inference import available_memory, layer_outputs
+from ..records.rundir import check_destination
+from .specialist import check_specialists
+
+
+def _positive(value: float, flag: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ReswiseError(f"{flag} must be a positive number, got {value}")
+
+
+def check_flags(cfg: Any, native: int) -> None:
+    """Refuse a config no run can train with (``native``: the model's input size)."""
+    if cfg.epochs <= 0:
+        raise ReswiseError(f"--epochs must be positive, got {cfg.epochs}")
+    if cfg.batch_size <= 0:
+        raise ReswiseError(f"--batch-size must be positive, got {cfg.batch_size}")
+    _positive(cfg.lr, "--lr")
+    if not (math.isfinite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs <= cfg.epochs):
+        raise ReswiseError(
+            f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}"
+        )
+    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1):
+        raise ReswiseError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ReswiseError(f"weight decay must be 0 or more, got {cfg.weight_decay}")
+    if cfg.specialists and cfg.train_resolutions:
+        raise ReswiseError(
+            "--specialists and --train-resolutions are two ways to train for smaller images; "
+            "pick one (specialists leave the model untouched and need no labels)"
+        )
+    if cfg.specialists:
+        check_specialists(cfg.specialists, native)
+        _positive(cfg.temperature, "--temperature")
+    bad = [r for r in cfg.train_resolutions if r <= 0]
+    if bad:
+        raise ReswiseError(f"--train-resolutions must be positive, got {bad[0]}")
+
+
+def check_batches(cfg: Any, n: int, world: int) -> None:
+    """Every batch of the ``n`` images can be shared by the ``world`` processes."""
+    if 0 < n % cfg.batch_size < world or cfg.batch_size < world:
+        raise ReswiseError(
+            f"a batch of {min(n % cfg.batch_size or cfg.batch_size, cfg.batch_size)} images "
+            f"cannot be shared by {world} processes; pick --batch-size so that every batch of "
+            f"the {n} images has at least {world}"
+        )
+
+
+def training_values(net: nn.Module, resolution: int) -> int:
+    """Values a training step keeps per image at ``resolution``: every layer's output, kept
+    for backward (gradients live one layer at a time), and the input."""
+    return int(sum(layer_outputs(net, resolution))) + 3 * resolution * resolution
+
+
+def check_train_memory(net: nn.Module, resolutions: list[int], batch_size: int) -> None:
+    """Refuse, before any work, a training resolution whose step cannot fit in memory (one
+    resolution's graph is alive at a time: each backward frees its own)."""
+    r = max(resolutions)
+    need = 4 * batch_size * training_values(net, r)
+    avail = available_memory()
+    if need > 0.8 * avail:
+        fits = int(0.8 * avail // (need / batch_size))
+        hint = f"--batch-size {fits}" if fits >= 1 else "a smaller resolution"
+        raise ReswiseError(
+            f"training at {r}x{r} needs about {need / 2**30:.1f} GiB for a batch of "
+            f"{batch_size} but {avail / 2**30:.1f} GiB are free; use {hint}"
+        )
+
+
+def state_path(out: Path) -> Path:
+    """The resumable state beside the weights ``out``."""
+    return out.with_suffix(out.suffix + ".state")
+
+
+def check_out(out: str | Path) -> None:
+    """``--out`` and its resume state can be written (a folder or a path under a file cannot)."""
+    out = Path(out)
+    check_destination(out, "--out")
+    check_destination(state_path(out), "--out")
+
+
+def preflight(lm: Any, cfg: Any, out: str | Path, n: int | None = None) -> None:
+    """Everything ``train`` can refuse before touching the data: flags, memory (for batches of
+    ``cfg.batch_size``, or of ``n`` images when the data holds fewer), ``--out``."""
+    native = lm.info.input_size
+    check_flags(cfg, native)
+    check_out(out)
+    res = [*(cfg.train_resolutions or [native]), *cfg.specialists]
+    check_train_memory(lm.model, res, min(cfg.batch_size, n or cfg.batch_size))
