@@ -257,7 +257,8 @@ def train_config(args: argparse.Namespace, init: str, lm_family: str = "") -> An
     """The TrainConfig the train flags ask for (``init``: where the starting weights came from;
     ``lm_family``: the model's family, which decides the bf16 default)."""
     from ..data import parse_resolutions
-    from ..finetune.train import TrainConfig, bf16_pays
+    from ..finetune.autocast import bf16_pays
+    from ..finetune.train import TrainConfig
 
     res = args.train_resolutions
     same = pick(args, "epochs", "lr", "warmup_epochs", "label_smoothing", "batch_size", "seed")

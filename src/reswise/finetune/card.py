@@ -43,7 +43,7 @@ def _weights_flags(model: str, init: str) -> list[str]:
 def _bf16_default(model: str) -> bool:
     """Whether ``train`` turns bf16 on for ``model`` unasked (else the command says --bf16)."""
     from ..models import model_info
-    from .train import bf16_pays
+    from .autocast import bf16_pays
 
     try:
         return bf16_pays(model_info(model).family)

@@ -35,6 +35,7 @@ from ..models.checkpoint import checkpoint_state
 from ..records import replacing
 from ..records.rundir import hold, interruptible
 from . import ddp
+from .autocast import autocast_dtype, bf16_pays  # noqa: F401 - importable here as before
 from .card import CardFacts, write_card
 from .checks import check_batches, preflight, state_path
 from .head import fit_task
@@ -78,34 +79,6 @@ class TrainConfig:
     specialists: tuple[int, ...] = ()
     specialist_labels: bool = False  # specialists: add cross-entropy on the folder labels
     temperature: float = 1.0  # specialists: softmax temperature of the distillation
-
-
-# families whose training step is slower under bf16 autocast even where the CPU computes bf16
-# natively (depthwise convolutions): EfficientNet-Lite0 at 96, batch 64, images/s bf16 / fp32 =
-# 0.66 for a specialist step, 0.80 multi-resolution (AMD EPYC, AVX-512 bf16; 0.78 vs 0.61-0.66
-# s per step on an Intel Xeon with AMX); ResNet-20: 1.45 (benchmarks/bench_train.py)
-BF16_SLOWER = ("efficientnet_lite",)
-
-
-def bf16_pays(family: str) -> bool:
-    """Whether ``train`` turns bf16 autocast on by default for a model of ``family``."""
-    return family not in BF16_SLOWER
-
-
-def _cpu_has_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def autocast_dtype(dev: torch.device, cfg: TrainConfig) -> torch.dtype | None:
-    """bfloat16 when ``cfg.bf16`` and the device computes it natively, else None (fp32).
-
-    No float16 fallback: it would need a gradient scaler, and fp32 is the safe default.
-    """
-    if not cfg.bf16:
-        return None
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if dev.type == "cpu" and _cpu_has_bf16() else None
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
