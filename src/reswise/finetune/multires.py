@@ -104,6 +104,14 @@ def sandwich(res_cycle: list[int], k: int | None, g: torch.Generator) -> list[in
     return [res_cycle[0], *(inner[i] for i in pick), res_cycle[-1]]
 
 
+def resize(x: torch.Tensor, r: int) -> torch.Tensor:
+    """A float batch resized to r x r (bilinear + antialias) as the sweep evaluates it: the
+    resize of every multi-resolution and specialist step."""
+    if x.shape[-1] == r and x.shape[-2] == r:
+        return x
+    return F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+
+
 def multires_step(
     model: nn.Module,
     xb: torch.Tensor,
@@ -122,9 +130,7 @@ def multires_step(
     loss = torch.zeros((), device=dev)
     teacher = None
     for r, w in zip(step_res, weights):
-        x = xb if r == xb.shape[-1] else F.interpolate(
-            xb, size=(r, r), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
-        x = to_input(x, plan.scale_shift, channels_last=cfg.channels_last)
+        x = to_input(resize(xb, r), plan.scale_shift, channels_last=cfg.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.amp is not None):
             logits = (model(x, r) if plan.multi else model(x)).float()
         li = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)

@@ -27,6 +27,7 @@ from torch import nn
 from ..data import Dataset, align_labels, to_input
 from ..errors import ReswiseError
 from ..models.checkpoint import checkpoint_state
+from .multires import resize
 
 
 class Specialists(nn.Module):
@@ -123,13 +124,6 @@ def specialist_labels(
         )
     data, how = align_labels(data, names, num_classes=lm.info.num_classes)
     return data, test, names, f"{how}; the specialists learn 0.5 x KL + 0.5 x cross-entropy"
-
-
-def resize(x: torch.Tensor, r: int) -> torch.Tensor:
-    """A float batch resized to r x r as the sweep evaluates it (bilinear + antialias)."""
-    if x.shape[-1] == r and x.shape[-2] == r:
-        return x
-    return F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
 
 
 def specialist_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, plan: Any) -> torch.Tensor:
