@@ -35,7 +35,7 @@ from ..models.checkpoint import checkpoint_state
 from ..records import replacing
 from ..records.rundir import hold, interruptible
 from . import ddp
-from .autocast import autocast_dtype, bf16_pays  # noqa: F401 - importable here as before
+from .autocast import autocast_dtype  # importable here as before
 from .card import CardFacts, write_card
 from .checks import check_batches, preflight, state_path
 from .head import fit_task
