@@ -76,6 +76,8 @@ def multires(args: argparse.Namespace, cfg: TrainConfig, data: TensorImages, tmp
         lm = create_model(args.model, pretrained=False)
         # --img-size: the model trained at that size (a Lite0 fine-tuned at 96), as weights say
         lm.info = dataclasses.replace(lm.info, input_size=data.images.shape[-1])
+        # train refuses specialists of a random model (worthless); the time of a step is the same
+        lm.weights = "random init, for timing only"
         out = train(lm, d, cfg, tmp / f"{name}.pt", progress=False, log=lambda m: None)
     return out["wall_s"]
 

@@ -89,6 +89,7 @@ def test_cli_trains_specialists_on_a_flat_folder_and_keeps_the_model(capsys, tmp
     card = out.with_suffix(".md").read_text()
     assert "**specialists**" in card and "a flat folder, no labels" in card
     assert "--specialists 24,16" in card
+    assert "label smoothing" not in card  # it said 0.1 where no cross-entropy ran
 
 
 def test_sweep_uses_each_specialist_at_its_resolution(capsys, tmp_path):
@@ -179,6 +180,26 @@ def test_the_loss_is_zero_when_the_student_matches_the_teacher():
     assert float(specialist_loss(torch.zeros(8, 10), soft, None, 1.0, 0.1)) > 0.01
 
 
+def test_a_specialists_step_does_not_depend_on_how_many_train_beside_it():
+    """Each copy has its own weights: its gradient is its own loss's, whatever the others are
+    (dividing by the number of specialists made --lr mean lr/3 with three of them)."""
+    from reswise.finetune.specialist import specialist_step
+    from reswise.finetune.train import _Plan
+
+    lm = create_model("cifar_resnet20", pretrained="reswise_jpeg")
+    xb = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8).float()
+    grads = {}
+    for res in ([24], [24, 16]):
+        net = Specialists(lm.model, res, 32).train()
+        cfg = TrainConfig(specialists=tuple(res), channels_last=False)
+        plan = _Plan(
+            cfg, [32, *res], False, normalizer(lm.info.mean, lm.info.std), torch.device("cpu"), None
+        )
+        specialist_step(net, xb, torch.zeros(6, dtype=torch.long), plan)
+        grads[len(res)] = net.copies["24"].linear.weight.grad.clone()
+    assert torch.allclose(grads[1], grads[2], atol=1e-6)
+
+
 def test_a_specialist_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import os
     import signal
@@ -222,11 +243,14 @@ def test_a_specialist_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path
         (["--labels"], "--labels goes with --specialists"),
         (["--specialists", "16", "--temperature", "0"], "--temperature must be a positive"),
         ([], "a flat folder of images works for `train --specialists`"),
+        # a random teacher: they trained and were saved (second round as a new user)
+        (["--random-init", "--specialists", "16"], "it has random weights"),
     ],
 )
 def test_bad_specialist_flags_are_refused_in_one_line(capsys, tmp_path, extra, message):
     flat = _flat(tmp_path, n=8)
-    code = main(["train", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+    weights = [] if "--random-init" in extra else ["--pretrained", "reswise_jpeg"]
+    code = main(["train", "--model", "cifar_resnet20", *weights,
                  "--dataset", "imagefolder", "--data-root", str(flat), "--epochs", "1",
                  "--out", str(tmp_path / "o.pt"), "--no-progress", *extra])  # fmt: skip
     err = capsys.readouterr().err

@@ -235,3 +235,25 @@ def test_int8_cache_writers_on_a_full_disk_leave_no_partial_graph(tmp_path, monk
         call()
     assert "No space left" in str(e.value)
     assert _leftovers(_cache()) == [] and _leftovers(tmp_path) == []
+
+
+def test_train_keeps_openmps_wait_policy_and_other_commands_sleep(monkeypatch):
+    """PASSIVE (threads sleep between operators) cost training 1.27x per step alone; it stays
+    for the other commands, and a policy the user sets wins."""
+    import os
+
+    from reswise.cli import main
+
+    for argv, preset, want in (
+        (["train", "--threads", "0"], None, None),
+        (["sweep", "--threads", "0"], None, "PASSIVE"),
+        (["train", "--threads", "0"], "PASSIVE", "PASSIVE"),
+    ):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        if preset:
+            monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+        assert os.environ.get("OMP_WAIT_POLICY") == want, argv

@@ -30,6 +30,14 @@ def add_parser(sub: Any) -> None:
         "--max-queue", type=int, default=1024, help="images waiting, past which requests get 503"
     )
     p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=100.0,
+        help="work waiting, in ms at the measured stage rate, past which requests get 503 "
+        "(0: no time limit, --max-queue alone); keeps the wait of accepted requests bounded "
+        "under overload",
+    )
+    p.add_argument(
         "--timeout-ms", type=float, default=5000.0, help="requests not answered by then get 504"
     )
     # not dest="threads": cli.main sets torch's threads for any command with that attribute,
@@ -58,14 +66,15 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None and value <= 0:
             name = "threads" if flag == "session_threads" else flag.replace("_", "-")
             raise ReswiseError(f"--{name} must be a positive integer, got {value}")
-    if args.max_wait_ms < 0 or args.timeout_ms <= 0:
-        raise ReswiseError("--max-wait-ms must be >= 0 and --timeout-ms > 0")
+    if not (args.max_wait_ms >= 0 and args.timeout_ms > 0 and args.max_queue_ms >= 0):
+        raise ReswiseError("--max-wait-ms and --max-queue-ms must be >= 0, --timeout-ms > 0")
     if not 0 <= args.port <= 65535:
         raise ReswiseError(f"--port must be 0..65535, got {args.port}")
     config = ServeConfig(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
+        max_queue_ms=args.max_queue_ms or None,
         timeout_ms=args.timeout_ms,
     )
     out = serve(

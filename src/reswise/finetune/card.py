@@ -93,10 +93,12 @@ def _recipe(cfg: Any, res: list[int], autocast: str) -> str:
                 f"largest-resolution loss weight {cfg.largest_weight or 'equal'}")  # fmt: skip
     else:
         step = f"single resolution {res[0]}"
+    # label smoothing is part of the cross-entropy: specialists without labels have none
+    ls = "" if cfg.specialists and not cfg.specialist_labels else \
+        f", label smoothing {cfg.label_smoothing}"  # fmt: skip
     return (f"{cfg.epochs} epochs; {step}; SGD + Nesterov {cfg.momentum}, peak lr {cfg.lr} "
             f"for batch {cfg.batch_size}, {cfg.warmup_epochs}-epoch warm-up then cosine to 0, "
-            f"weight decay {cfg.weight_decay} (weights only), label smoothing "
-            f"{cfg.label_smoothing}, autocast {autocast}, "
+            f"weight decay {cfg.weight_decay} (weights only){ls}, autocast {autocast}, "
             f"{'channels-last' if cfg.channels_last else 'NCHW'}, seed {cfg.seed}")  # fmt: skip
 
 

@@ -101,6 +101,11 @@ def preflight(lm: Any, cfg: Any, out: str | Path, n: int | None = None) -> None:
     ``cfg.batch_size``, or of ``n`` images when the data holds fewer), ``--out``."""
     native = lm.info.input_size
     check_flags(cfg, native)
+    if cfg.specialists and lm.weights == "random init":  # they would learn a random model's noise
+        raise ReswiseError(
+            "--specialists distil the model's own outputs, but it has random weights; give "
+            "the trained model (--pretrained TAG or --checkpoint FILE)"
+        )
     check_out(out)
     res = [*(cfg.train_resolutions or [native]), *cfg.specialists]
     check_train_memory(lm.model, res, min(cfg.batch_size, n or cfg.batch_size))

@@ -12,14 +12,17 @@ evaluates, saves and writes the card.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ReswiseError
 from ..measure.distributed import world
 
 
@@ -36,6 +39,27 @@ def setup(dev: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, size, dev
+
+
+def lost_peer(e: BaseException, rank: int, state: Path) -> ReswiseError | None:
+    """The one line a surviving rank says when a collective failed because another rank is
+    gone (killed, out of memory, its machine lost), or None when ``e`` is something else. The
+    state is written whole or not at all, after every epoch and at a stop, so the last one
+    saved resumes the run."""
+    text = str(e)
+    if not (isinstance(e, getattr(dist, "DistError", ())) or isinstance(e, RuntimeError) and any(
+        w in text.lower() for w in ("gloo", "nccl", "connection", "peer", "socket"))):  # fmt: skip
+        return None
+    # gloo's first line, less its source path: "Read error [127.0.0.1]:35982: Connection reset
+    # by peer"
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]) if text.strip() else ""
+    why = first.split(". ")[0][:120] or type(e).__name__
+    saved = (f"the last saved state, {state}, resumes it" if state.is_file()
+             else "no state was saved yet (it is written after each epoch)")  # fmt: skip
+    return ReswiseError(
+        f"rank {rank}: another torchrun rank is gone ({why}); {saved}: rerun the same torchrun "
+        "command"
+    )
 
 
 def wrap(model: nn.Module, dev: torch.device, size: int) -> nn.Module:

@@ -131,7 +131,9 @@ def specialist_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, plan: An
     resolution once, each specialist at its own, and learns the teacher's softmax there.
 
     ``net`` is :class:`Specialists` (or DDP around it); the loss returned is the mean over
-    specialists. Backward per specialist: their graphs share nothing, so memory holds one.
+    specialists (for the log). Each specialist backpropagates its own whole loss: the copies
+    share no weight, so scaling by their number would only shrink every copy's learning rate.
+    Backward per specialist: their graphs share nothing, so memory holds one.
     """
     cfg, dev = plan.cfg, plan.dev
     spec: Specialists = getattr(net, "module", net)
@@ -146,7 +148,7 @@ def specialist_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, plan: An
         with torch.autocast(**amp):
             logits = net(x, r).float()
         li = specialist_loss(logits, soft, labels, cfg.temperature, cfg.label_smoothing)
-        (li / len(spec.extra)).backward()
+        li.backward()
         loss += li.detach() / len(spec.extra)
     return loss
 

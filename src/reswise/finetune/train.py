@@ -174,8 +174,14 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     # one writer per --out: a second run would share the .state and the last writer would win
     with hold(out.with_name(out.name + ".lock"), str(out)) if rank == 0 else nullcontext():
-        return _train(lm, train_data, cfg, out, test_data, progress, say, dev, rank, world,
-                      workers, data_flags)  # fmt: skip
+        try:
+            return _train(lm, train_data, cfg, out, test_data, progress, say, dev, rank, world,
+                          workers, data_flags)  # fmt: skip
+        except RuntimeError as e:  # a lost torchrun rank: one line per survivor, not gloo's 90
+            lost = ddp.lost_peer(e, rank, state_path(out)) if world > 1 else None
+            if lost is None:
+                raise
+            raise lost from None
 
 
 def _train(

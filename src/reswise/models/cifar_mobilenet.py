@@ -99,6 +99,14 @@ _RESWISE = {
             "reswise_jpeg fine-tuned 10 epochs at 32, 24, 20, 16 on a GPU (private BN, "
             "distilled); card: cifar_mobilenetv2_050_multires.md",
         ),
+        jpeg_weights(
+            "reswise_jpeg_specialists",
+            "cifar_mobilenetv2_050_specialists-6b7e9089.pt",
+            "6b7e9089fb8af33c556eb9ab9a7a33fe46dac0f57d42a671341ddd92e1ba9075",
+            87.38,
+            "reswise_jpeg unchanged at 32 + specialists at 24, 16 distilled from it without "
+            "labels, 5 epochs on the CPU; card: cifar_mobilenetv2_050_specialists.md",
+        ),
     ),
 }
 

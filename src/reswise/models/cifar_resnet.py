@@ -121,8 +121,8 @@ _RESWISE = {
         ),
         jpeg_weights(
             "reswise_jpeg_specialists",
-            "cifar_resnet20_specialists-df09452a.pt",
-            "df09452a02fa6ea46a01693714ef59552bddbb3fae7800214780ae37435c0cb1",
+            "cifar_resnet20_specialists-6ba75fbb.pt",
+            "6ba75fbb865a3cdf8b61e23d473df3a6838402fd8fe5914c00d5c356e0d92517",
             88.95,
             "reswise_jpeg unchanged at 32 + specialists at 24, 20, 16 distilled from it without "
             "labels, 15 epochs on the CPU; card: cifar_resnet20_specialists.md",

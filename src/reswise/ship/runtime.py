@@ -163,6 +163,31 @@ class OnnxCascade:
         assert logits is not None
         return logits, res
 
+    def pooled(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """``__call__``'s answers for many images, stage by stage: every stage runs full batches
+        of ``batch_size`` over all the images that reach it (the ones earlier stages passed on,
+        pooled across batches), as ``reswise serve`` does under load. Per batch, a later stage
+        gets the few images one batch escalates, and small batches waste its threads."""
+        x = self._images(images)
+        n = len(x)
+        idx = np.arange(n)
+        logits: np.ndarray | None = None
+        res = np.zeros(n, np.int64)
+        for i, r in enumerate(self.chain):
+            passed = []
+            for s in range(0, len(idx), batch_size):
+                part = idx[s : s + batch_size]
+                out, stop = self.stage(i, x[part])
+                if logits is None:
+                    logits = np.empty((n, out.shape[1]), np.float32)
+                logits[part[stop]], res[part[stop]] = out[stop], r
+                passed.append(part[~stop])
+            idx = np.concatenate(passed) if passed else idx[:0]
+            if len(idx) == 0:
+                break
+        assert logits is not None
+        return logits, res
+
     def stage(self, i: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stage ``i``'s logits on checked images ``x`` (uint8 ``N x 3 x H x W``) and which of
         them it answers: confidence at least its threshold; the last stage answers every image.

@@ -75,11 +75,16 @@ class Batcher:
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
+        max_queue_ms: float | None = None,
         observe: Observer | None = None,
     ) -> None:
         self.stage_fn, self.n_stages = stage_fn, n_stages
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.max_queue, self.observe = max_queue, observe
+        self.max_queue_s = None if max_queue_ms is None else max_queue_ms / 1e3
+        # stage seconds and images answered by full batches, decayed per batch: the seconds an
+        # admitted image costs when the server is loaded, which turns the queue into a wait
+        self._busy, self._answered = 0.0, 0.0
         self.queues: list[deque[_Part]] = [deque() for _ in range(n_stages)]
         self.queued = [0] * n_stages  # images waiting per stage
         self.depth = 0  # images admitted and not yet answered or withdrawn
@@ -125,12 +130,25 @@ class Batcher:
         if n == 0:
             raise ValueError("a request needs at least one image")
         if self._closing or self.depth + n > self.max_queue:
-            raise QueueFull
+            raise QueueFull(f"{self.depth} images waiting")
+        if self._too_long(n):
+            raise QueueFull(
+                f"{1e3 * self.depth * self._busy / self._answered:.0f} ms of work waiting, "
+                f"over {1e3 * self.max_queue_s:g} ms"
+            )
         job = _Job(n, asyncio.get_running_loop().create_future(), np.zeros(n, np.int64), n)
         self._admit(0, _Part(job, np.arange(n), x, time.monotonic()))
         self.depth += n
         self._idle.clear()
         return job
+
+    def _too_long(self, n: int) -> bool:
+        """Whether ``n`` more images would wait past ``max_queue_ms`` at the rate full batches
+        were measured at (never before a full batch has run). A count alone lets a queue that is cheap to fill hold
+        seconds of work under overload, and every request it accepts then waits them."""
+        if self.max_queue_s is None or self._answered <= 0:
+            return False
+        return (self.depth + n) * self._busy / self._answered > self.max_queue_s
 
     def withdraw(self, job: _Job) -> None:
         """Drop a job's queued images; a batch already running finishes and its answers for the
@@ -213,8 +231,12 @@ class Batcher:
                     self._end(p.job, e)
                 continue
             answered = self._route(i, parts, logits, stop, time.monotonic())
+            dt = time.perf_counter() - t
+            if len(x) == self.max_batch:  # the cost at saturation, when the queue is long; a
+                # small batch's cost per image would overstate the wait and refuse bursts
+                self._busy, self._answered = 0.9 * self._busy + dt, 0.9 * self._answered + answered
             if self.observe is not None:
-                self.observe(i, len(x), answered, time.perf_counter() - t)
+                self.observe(i, len(x), answered, dt)
 
     def _route(
         self, i: int, parts: list[_Part], logits: np.ndarray, stop: np.ndarray, now: float

@@ -92,7 +92,8 @@ def serve(
     print(
         f"reswise: serving '{model.name}' (stages {model.stages_text()}) on "
         f"http://{host}:{where[1]} (max batch {config.max_batch}, max wait "
-        f"{config.max_wait_ms:g} ms, queue {config.max_queue} images, timeout "
+        f"{config.max_wait_ms:g} ms, queue {config.max_queue} images or "
+        f"{config.max_queue_ms or 0:g} ms of work, timeout "
         f"{config.timeout_ms:g} ms); SIGTERM or Ctrl-C drains and stops",
         file=sys.stderr,
         flush=True,
