@@ -166,6 +166,8 @@ def test_pooled_stages_give_the_per_batch_answers_on_real_images():
         pl, pr = runner.pooled(x, batch_size=bs)
         assert (pr == res).all() and np.allclose(pl, logits, atol=1e-4)
     assert len(set(res.tolist())) > 1  # more than one stage answered: the pooling was exercised
+    with pytest.raises(ReswiseError, match="batch_size must be a positive integer"):
+        runner.pooled(x, batch_size=0)
 
 
 @needs_shared

@@ -389,6 +389,10 @@ def test_bad_flags_and_folders_exit_2(tmp_path: Path):
         ([str(tmp_path)], "no exported cascade"),
         ([str(tmp_path), "--max-batch", "0"], "--max-batch must be a positive integer"),
         ([str(tmp_path), "--threads", "-1"], "--threads must be a positive integer"),
+        # an empty name served the policy's name unsaid; a "/" made the model unreachable
+        ([str(tmp_path), "--name", ""], "--name must be"),
+        ([str(tmp_path), "--name", "a/b"], "--name must be"),
+        ([str(tmp_path), "--max-queue-ms", "-1"], "--max-queue-ms must be >= 0"),
     ):
         p = subprocess.run([sys.executable, "-m", "reswise", "serve", *args],
                            capture_output=True, text=True)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from ..errors import ReswiseError
@@ -68,6 +69,11 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
             raise ReswiseError(f"--{name} must be a positive integer, got {value}")
     if not (args.max_wait_ms >= 0 and args.timeout_ms > 0 and args.max_queue_ms >= 0):
         raise ReswiseError("--max-wait-ms and --max-queue-ms must be >= 0, --timeout-ms > 0")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        raise ReswiseError(
+            f"--name must be letters, digits, '.', '_' or '-' (it is a path segment of every "
+            f"URL: /v2/models/NAME/infer), got {args.name!r}"
+        )
     if not 0 <= args.port <= 65535:
         raise ReswiseError(f"--port must be 0..65535, got {args.port}")
     config = ServeConfig(

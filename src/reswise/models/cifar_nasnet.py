@@ -282,6 +282,14 @@ _RESWISE = {
             "reswise_jpeg fine-tuned 8 epochs at 32, 24, 20, 16 (H200 + CPU; private BN, "
             "distilled); card: cifar_nasnet_a_multires.md",
         ),
+        jpeg_weights(
+            "reswise_jpeg_specialists",
+            "cifar_nasnet_a_specialists-61f9e92e.pt",
+            "61f9e92eff016c475f5df33784d18d00387f6f750625571805ac0b150ea1f3cc",
+            86.30,
+            "reswise_jpeg unchanged at 32 + a specialist at 20 distilled from it without labels, "
+            "6 epochs on the CPU; card: cifar_nasnet_a_specialists.md",
+        ),
     ),
 }
 

@@ -168,6 +168,8 @@ class OnnxCascade:
         of ``batch_size`` over all the images that reach it (the ones earlier stages passed on,
         pooled across batches), as ``reswise serve`` does under load. Per batch, a later stage
         gets the few images one batch escalates, and small batches waste its threads."""
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ReswiseError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self._images(images)
         n = len(x)
         idx = np.arange(n)
