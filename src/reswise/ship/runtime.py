@@ -148,20 +148,7 @@ class OnnxCascade:
         if self.fused is not None:
             logits, res = self.fused.run(None, {"images": x})
             return logits, res
-        n = len(x)
-        idx = np.arange(n)
-        logits: np.ndarray | None = None
-        res = np.zeros(n, np.int64)
-        for i, r in enumerate(self.chain):
-            out, stop = self.stage(i, x if i == 0 else x[idx])
-            if logits is None:
-                logits = np.empty((n, out.shape[1]), np.float32)
-            logits[idx[stop]], res[idx[stop]] = out[stop], r
-            idx = idx[~stop]
-            if len(idx) == 0:
-                break
-        assert logits is not None
-        return logits, res
+        return self._route(x, max(len(x), 1))  # the whole call is one batch per stage
 
     def pooled(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """``__call__``'s answers for many images, stage by stage: every stage runs full batches
@@ -170,7 +157,11 @@ class OnnxCascade:
         gets the few images one batch escalates, and small batches waste its threads."""
         if not (isinstance(batch_size, int) and batch_size > 0):
             raise ReswiseError(f"batch_size must be a positive integer, got {batch_size!r}")
-        x = self._images(images)
+        return self._route(self._images(images), batch_size)
+
+    def _route(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Checked images through the stages, each in batches of ``batch_size`` over the
+        images that reach it; the images it is not confident on go on to the next."""
         n = len(x)
         idx = np.arange(n)
         logits: np.ndarray | None = None
@@ -179,7 +170,7 @@ class OnnxCascade:
             passed = []
             for s in range(0, len(idx), batch_size):
                 part = idx[s : s + batch_size]
-                out, stop = self.stage(i, x[part])
+                out, stop = self.stage(i, x if len(part) == n else x[part])  # no copy: all
                 if logits is None:
                     logits = np.empty((n, out.shape[1]), np.float32)
                 logits[part[stop]], res[part[stop]] = out[stop], r

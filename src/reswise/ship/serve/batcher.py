@@ -131,10 +131,10 @@ class Batcher:
             raise ValueError("a request needs at least one image")
         if self._closing or self.depth + n > self.max_queue:
             raise QueueFull(f"{self.depth} images waiting")
-        if self._too_long(n):
+        wait = self._wait_s(n)
+        if wait is not None and wait > self.max_queue_s:
             raise QueueFull(
-                f"{1e3 * self.depth * self._busy / self._answered:.0f} ms of work waiting, "
-                f"over {1e3 * self.max_queue_s:g} ms"
+                f"{1e3 * self._wait_s(0):.0f} ms of work waiting, over {1e3 * self.max_queue_s:g} ms"
             )
         job = _Job(n, asyncio.get_running_loop().create_future(), np.zeros(n, np.int64), n)
         self._admit(0, _Part(job, np.arange(n), x, time.monotonic()))
@@ -142,13 +142,14 @@ class Batcher:
         self._idle.clear()
         return job
 
-    def _too_long(self, n: int) -> bool:
-        """Whether ``n`` more images would wait past ``max_queue_ms`` at the rate full batches
-        were measured at (never before a full batch has run). A count alone lets a queue that is cheap to fill hold
-        seconds of work under overload, and every request it accepts then waits them."""
+    def _wait_s(self, n: int) -> float | None:
+        """Seconds the queued images and ``n`` more would wait at the rate full batches were
+        measured at; None with no time limit or before a full batch has run. A count alone lets
+        a queue that is cheap to fill hold seconds of work under overload, and every request it
+        accepts then waits them."""
         if self.max_queue_s is None or self._answered <= 0:
-            return False
-        return (self.depth + n) * self._busy / self._answered > self.max_queue_s
+            return None
+        return (self.depth + n) * self._busy / self._answered
 
     def withdraw(self, job: _Job) -> None:
         """Drop a job's queued images; a batch already running finishes and its answers for the
