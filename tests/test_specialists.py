@@ -200,6 +200,77 @@ def test_a_specialists_step_does_not_depend_on_how_many_train_beside_it():
     assert torch.allclose(grads[1], grads[2], atol=1e-6)
 
 
+def _continue(tmp_path, monkeypatch, ckpt, specialists):
+    """Train ``specialists`` on the weights in ``ckpt``: what each copy started from, the log,
+    and the new file's decoded per-resolution state."""
+    started, logs = {}, []
+
+    class Spy(Specialists):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            started.update({r: {n: t.clone() for n, t in self.overrides(r).items()}
+                            for r in self.extra})  # fmt: skip
+
+    from reswise.finetune import carry
+
+    monkeypatch.setattr(carry, "Specialists", Spy)
+    lm = create_model("cifar_resnet20", checkpoint=str(ckpt))
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.02, specialists=specialists,
+                      channels_last=False)  # fmt: skip
+    (tmp_path / "more").mkdir()
+    data = load_dataset("imagefolder", _flat(tmp_path / "more", n=32), unlabelled=True)
+    out = tmp_path / "more.pt"
+    train(lm, data, cfg, out, progress=False, log=logs.append)
+    return started, logs, split_checkpoint(torch.load(out, weights_only=True))[1]
+
+
+def test_specialists_the_weights_carry_go_on_from_where_they_are(tmp_path, monkeypatch):
+    """Training specialists on weights that already carry one at that resolution trains it
+    longer (a run in two sittings) instead of starting it over from the model; the log and the
+    new file's recipe say so, and a new resolution still starts from the model."""
+    ckpt = _trained_at_20(tmp_path)
+    plain, before = split_checkpoint(torch.load(ckpt, weights_only=True))
+    started, logs, after = _continue(tmp_path, monkeypatch, ckpt, (20, 16))
+    assert all(torch.equal(started[20][k], t) for k, t in before.get(20).items())
+    assert all(torch.equal(started[16][k], plain[k]) for k in started[16])
+    assert any("specialists at [20] go on from the weights' own" in m for m in logs)
+    assert after.resolutions == [16, 20]
+    assert f"those at 20x20 went on from the weights' own ({before.made})" in after.made
+    card = (tmp_path / "more.md").read_text()
+    assert "; specialists at [20] go on from the weights' own" in card
+
+
+def test_per_resolution_state_a_new_run_drops_is_named(tmp_path, monkeypatch):
+    """Specialists at other resolutions than those the weights carry: the new file will not
+    hold the old ones, and the log says which (not a silent loss)."""
+    ckpt = _trained_at_20(tmp_path)
+    _, logs, after = _continue(tmp_path, monkeypatch, ckpt, (16,))
+    assert after.resolutions == [16]
+    assert any("per-resolution specialists for [20] are not in the new file" in m for m in logs)
+
+
+def test_private_bn_the_weights_carry_goes_on_and_plain_training_names_what_it_drops():
+    """Multi-resolution training from multi-resolution weights starts each private BN from the
+    weights' own (it restarted them from the native BN); plain training on such weights says
+    the new file will not hold them."""
+    from reswise.finetune.carry import carry_note, trainee
+
+    lm = create_model("cifar_resnet20", pretrained="reswise_jpeg_multires")
+    assert lm.extra.resolutions  # private BN below 32
+    r = lm.extra.resolutions[0]
+    cfg = TrainConfig(train_resolutions=(32, *lm.extra.resolutions))
+    net = trainee(lm, cfg, [32, *sorted(lm.extra.resolutions, reverse=True)], 32, multi=True)
+    own = lm.extra.get(r)
+    assert all(torch.equal(t, own[k]) for k, t in net.overrides(r).items() if k in own)
+    assert not all(torch.equal(t, lm.model.state_dict()[k]) for k, t in net.overrides(r).items())
+    assert f"private BN at {sorted(lm.extra.resolutions, reverse=True)} go on" in carry_note(
+        lm, net
+    )
+    plain = trainee(lm, TrainConfig(), [32], 32, multi=False)
+    assert "are not in the new file" in carry_note(lm, plain)
+    assert "--train-resolutions" not in carry_note(lm, plain)
+
+
 def test_a_specialist_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import os
     import signal
@@ -245,6 +316,16 @@ def test_a_specialist_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path
         ([], "a flat folder of images works for `train --specialists`"),
         # a random teacher: they trained and were saved (second round as a new user)
         (["--random-init", "--specialists", "16"], "it has random weights"),
+        # flags of other recipes ran without effect, exit 0 (third round as a new user)
+        (["--specialists", "16", "--distill"], "--distill is for multi-resolution training"),
+        (["--specialists", "16", "--shared-bn"], "--shared-bn is for multi-resolution training"),
+        (["--specialists", "16", "--sandwich-k", "2"], "--sandwich-k is for multi-resolution"),
+        (["--specialists", "16", "--largest-weight", "0.5"], "--largest-weight is for multi-"),
+        (["--specialists", "16", "--label-smoothing", "0.2"], "--label-smoothing smooths"),
+        (["--temperature", "2"], "--temperature goes with --specialists"),
+        # an empty list trained the user's model itself (with class folders), exit 0
+        (["--specialists", ""], "--specialists is empty"),
+        (["--train-resolutions", ""], "--train-resolutions is empty"),
     ],
 )
 def test_bad_specialist_flags_are_refused_in_one_line(capsys, tmp_path, extra, message):
@@ -257,6 +338,21 @@ def test_bad_specialist_flags_are_refused_in_one_line(capsys, tmp_path, extra, m
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_a_class_map_on_a_flat_folder_is_refused_in_one_line(capsys, tmp_path):
+    """It was an IndexError traceback (third round as a new user): a flat folder has no class
+    folders for the map to map."""
+    flat = _flat(tmp_path, n=8)
+    cmap = tmp_path / "map.json"
+    cmap.write_text('{"cat": "dog"}')
+    code = main(["train", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                 "--dataset", "imagefolder", "--data-root", str(flat), "--epochs", "1",
+                 "--specialists", "16", "--class-map", str(cmap), "--out", str(tmp_path / "o.pt"),
+                 "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--class-map maps class folders" in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_labels_add_cross_entropy_mapped_by_class_name(tmp_path):

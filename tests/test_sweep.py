@@ -202,3 +202,17 @@ def test_reswise_trained_weights_score_what_their_cards_say():
         assert at20["reswise_jpeg_multires"] > at20["reswise_jpeg"] + 5, name
     r20 = {tag: t[20] for (name, tag), t in top.items() if name == "cifar_resnet20"}
     assert r20["reswise_jpeg_multires_v2"] > r20["reswise_jpeg_multires"] + 2
+
+
+@needs_shared
+def test_the_lite0_weights_reswise_ships_score_their_card_at_their_own_size():
+    """Lite0 fine-tuned at 96 on CIFAR-10: loaded by tag it is a 96-pixel, whole-image model
+    (the architecture's 224 and crop would score something else), 87.74 % as its card says."""
+    from reswise.models import model_info
+
+    data = load_dataset("imagefolder", CIFAR_JPEG / "test")
+    for w in model_info("efficientnet_lite0").weights:
+        lm = create_model("efficientnet_lite0", pretrained=w.tag)
+        assert (lm.info.input_size, lm.info.crop_pct) == (96, 1.0)
+        (row,) = sweep(lm, data, [96], backend="onnxruntime").rows
+        assert row["top1"] == pytest.approx(w.top1, abs=0.05), w.tag

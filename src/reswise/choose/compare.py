@@ -133,7 +133,7 @@ def _choose(
     rows = [
         _row(f"{prefix}selected{suffix}", name, sel, resolution=sel.resolution,
              precision=sel.precision),
-        _row(f"{prefix}cascade{suffix}", f"{chain_text(keys)} on {cas.signal}", cas,
+        _row(f"{prefix}cascade{suffix}", f"{chain_text(keys)} on {cas.signal}" if cas.signal else f"{chain_text(keys)}, one stage", cas,
              stage_share_pct=cas.stage_share_pct, precision=cas.precision),
     ]  # fmt: skip
     if held is not None:

@@ -214,8 +214,13 @@ def run_cascade(args: argparse.Namespace) -> dict[str, Any]:
         shares = ", ".join(f"{r}: {p:.1f} %" for r, p in zip(names, out["stage_share_pct"]))
         chain = out["chain"] if "precision" not in out else "[" + ", ".join(names) + "]"
         print(
-            f"cascade {chain} on {out['signal']} (thresholds "
-            f"{[round(t, 4) for t in out['thresholds']]}) for {run.model}: expected FLOPs "
+            f"cascade {chain} "
+            + (
+                f"on {out['signal']} (thresholds {[round(t, 4) for t in out['thresholds']]})"
+                if out["signal"]
+                else "(one stage: nothing escalates)"
+            )
+            + f" for {run.model}: expected FLOPs "
             f"drop {out['flops_drop_pct']:.2f} %{_time(out)}, held-out accuracy drop "
             f"{out['acc_drop_pct']:.2f} points ({_ci(out)}); answered at {shares}"
         )

@@ -171,13 +171,17 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
                 "dataset": w.dataset,
                 "top1": w.top1,
                 "input_size": w.input_size or info.input_size,  # where these weights were trained
+                "crop_pct": w.crop_pct or info.crop_pct,
                 "default": w.tag == info.default_weights,
             }
             for w in info.weights
         ]
+        # torchvision and EfficientNet-Lite fetch their own ImageNet weights (bare --pretrained)
+        own = info.family in ("torchvision", "efficientnet_lite")
         rows.append(
             {
                 "model": name,
+                "own_imagenet_weights": own,
                 "task": info.task,
                 "input_size": info.input_size,
                 "mean": list(info.mean),
@@ -188,7 +192,9 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not args.json:
         for r in rows:
-            w = ", ".join(f"{x['tag']}{'*' if x['default'] else ''}" for x in r["weights"]) or "-"
+            tags = [f"{x['tag']}{'*' if x['default'] else ''}" for x in r["weights"]]
+            w = ", ".join(["ImageNet* (bare --pretrained)"] * r["own_imagenet_weights"] + tags)
+            w = w or "-"
             print(f"{r['model']:24s} {r['task']:9s} {r['input_size']:4d}  weights: {w}")
     return {"models": rows}
 
@@ -228,7 +234,7 @@ def run_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
             f"wrote {args.out}: {lm.info.name} with BN statistics for {out['resolutions']} "
             f"from {out['calib_size']} images of {args.calib_root}"
         )
-    return out
+    return _say_carried(out, args)
 
 
 def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +249,15 @@ def run_adapt(args: argparse.Namespace) -> dict[str, Any]:
             f"{out['adapter_params']} parameters ({out['adapter_bytes']} bytes) beside a "
             f"{out['model_params']}-parameter model ({out['model_bytes']} bytes)"
         )
+    return _say_carried(out, args)
+
+
+def _say_carried(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Say what became of the per-resolution state the weights carried."""
+    replaced = ", ".join(f"{kind} at {r}" for r, kind in out["replaced"].items())
+    if not args.json and (out["kept"] or replaced):
+        print(f"  it keeps the weights' own state at {out['kept']}" + (
+            f" and replaces the weights' {replaced}" if replaced else ""))  # fmt: skip
     return out
 
 
@@ -264,14 +279,17 @@ def train_config(args: argparse.Namespace, init: str, lm_family: str = "") -> An
     same = pick(args, "epochs", "lr", "warmup_epochs", "label_smoothing", "batch_size", "seed")
     return TrainConfig(
         **same,
-        train_resolutions=tuple(parse_resolutions(res, "--train-resolutions")) if res else (),
+        # "" is a flag given empty, not a flag left out: refused, never ordinary training
+        train_resolutions=tuple(parse_resolutions(res, "--train-resolutions"))
+        if res is not None
+        else (),
         bf16=args.bf16 or (not args.fp32 and bf16_pays(lm_family)),
         channels_last=not args.no_channels_last,
         private_bn=not args.shared_bn,
         init=init,
         sandwich_k=None if args.sandwich_k == "all" else _count(args.sandwich_k, "--sandwich-k"),
         specialists=tuple(parse_resolutions(args.specialists, "--specialists"))
-        if args.specialists
+        if args.specialists is not None
         else (),
         specialist_labels=args.labels,
         **pick(args, "distill", "largest_weight", "temperature"),

@@ -214,6 +214,11 @@ def align_labels(
     """
     if dataset.label_mapping:
         raise ReswiseError(f"the data's labels are already mapped ({dataset.label_mapping})")
+    if class_map is not None and not dataset.classes:
+        raise ReswiseError(
+            f"--class-map maps class folders, but {dataset.name} is a flat folder of images; "
+            "drop --class-map (or give DIR/<class>/<image>)"
+        )
     names = tuple(class_names) if class_names is not None else None
     n = len(names) if names is not None else num_classes
     folders = len(dataset.classes)

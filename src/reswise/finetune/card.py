@@ -168,7 +168,8 @@ def write_card(out: Path, cfg: Any, facts: CardFacts, result: dict[str, Any]) ->
         f"- **Data**: trained on `{d.name}` ({len(d)} images, "
         + (f"{len(d.classes)} classes)" if d.classes else "a flat folder, no labels)")
         + (f", evaluated on `{t.name}` ({len(t)} images) after each epoch." if t else "."),
-        f"- **Start**: {facts.init or 'random init'}.",
+        f"- **Start**: {facts.init or 'random init'}"
+        + (f"; {result['carried']}." if result.get("carried") else "."),
         f"- **Recipe** (`reswise.finetune.train`): {_recipe(cfg, res, result['autocast'])}.",
         f"- **Command**: `{command(cfg, facts, out)}`" + _python_only(cfg),
         f"- **Where and how long**: {result['device']} (PyTorch {torch.__version__}), "

@@ -48,9 +48,36 @@ def check_flags(cfg: Any, native: int) -> None:
     if cfg.specialists:
         check_specialists(cfg.specialists, native)
         _positive(cfg.temperature, "--temperature")
+    _check_unused(cfg)
     bad = [r for r in cfg.train_resolutions if r <= 0]
     if bad:
         raise ReswiseError(f"--train-resolutions must be positive, got {bad[0]}")
+
+
+def _check_unused(cfg: Any) -> None:
+    """Refuse flags that the run's recipe would ignore (they ran without effect, exit 0)."""
+    d = type(cfg)()
+    multi_only = {"--distill": cfg.distill, "--shared-bn": not cfg.private_bn,
+                  "--sandwich-k": cfg.sandwich_k != d.sandwich_k,
+                  "--largest-weight": cfg.largest_weight != d.largest_weight}  # fmt: skip
+    used = [flag for flag, on in multi_only.items() if on]
+    if used and len(cfg.train_resolutions) < 2:
+        instead = "specialists always learn the model's outputs" if cfg.specialists else \
+            "this run trains at one resolution"  # fmt: skip
+        raise ReswiseError(
+            f"{used[0]} is for multi-resolution training (--train-resolutions 32,24,16); "
+            f"{instead}: drop {used[0]}"
+        )
+    if cfg.specialists and not cfg.specialist_labels and cfg.label_smoothing != d.label_smoothing:
+        raise ReswiseError(
+            "--label-smoothing smooths the labels' cross-entropy, but these specialists use no "
+            "labels; add --labels (class folders) or drop --label-smoothing"
+        )
+    if not cfg.specialists and cfg.temperature != d.temperature:
+        raise ReswiseError(
+            "--temperature goes with --specialists (the distillation's softmax temperature); "
+            "drop it or add --specialists"
+        )
 
 
 def check_batches(cfg: Any, n: int, world: int) -> None:

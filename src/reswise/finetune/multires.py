@@ -35,7 +35,13 @@ def bn_state_keys(model: nn.Module) -> list[str]:
 class PrivateBN(nn.Module):
     """``model`` plus one private BN set per extra resolution; ``forward(x, r)``."""
 
-    def __init__(self, model: nn.Module, resolutions: list[int], native: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        resolutions: list[int],
+        native: int,
+        start: dict[int, dict[str, torch.Tensor]] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.native = native
@@ -55,6 +61,13 @@ class PrivateBN(nn.Module):
                     bufs[k] = t
                     self.register_buffer(self._slot(r, k), t)
             self._buffers_by_res[r] = bufs
+        # BN the weights already carry for a resolution goes on from where it is
+        self.continued = sorted((r for r in (start or {}) if r in self.extra), reverse=True)
+        with torch.no_grad():
+            for r in self.continued:
+                for k, t in self.overrides(r).items():
+                    if k in start[r]:
+                        t.copy_(start[r][k])
 
     @staticmethod
     def _slot(r: int, key: str) -> str:

@@ -36,13 +36,26 @@ class Specialists(nn.Module):
     ``native``). ``extra`` and ``overrides(r)`` speak :class:`PrivateBN`'s interface, so the
     held-out evaluation and the checkpoint writer treat both alike."""
 
-    def __init__(self, model: nn.Module, resolutions: list[int], native: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        resolutions: list[int],
+        native: int,
+        start: dict[int, dict[str, torch.Tensor]] | None = None,
+        before: str | None = None,
+    ):
         super().__init__()
         check_specialists(resolutions, native)
         self.native = native
         self.extra = sorted(resolutions, reverse=True)
         self._teacher = [model.eval().requires_grad_(False)]  # a list: not registered, not saved
         self.copies = nn.ModuleDict({str(r): _trainable_copy(model) for r in self.extra})
+        # specialists the starting weights already carry go on from where they are (training
+        # them longer), the others start from the model
+        self.continued = sorted((r for r in (start or {}) if r in self.extra), reverse=True)
+        self.before = before  # how the continued ones were made
+        for r in self.continued:
+            self.copies[str(r)].load_state_dict(start[r])
 
     @property
     def teacher(self) -> nn.Module:
@@ -153,10 +166,16 @@ def specialist_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, plan: An
     return loss
 
 
-def recipe(cfg: Any, native: int, init: str) -> str:
-    """How the specialists were made, in one sentence (model card, policy files)."""
+def recipe(cfg: Any, native: int, init: str, continued: list[int] | tuple[int, ...] = (),
+           before: str | None = None) -> str:  # fmt: skip
+    """How the specialists were made, in one sentence (model card, policy files); for
+    specialists that went on from earlier ones, how those were made too."""
     target = "0.5 x KL to the model's softmax + 0.5 x cross-entropy on the labels" if cfg.specialist_labels \
         else "KL to the model's softmax, labels unused"  # fmt: skip
-    return (f"specialists at {', '.join(f'{r}x{r}' for r in sorted(cfg.specialists, reverse=True))}"
-            f" distilled from {init or 'the model'} at {native}x{native} on the same augmented "
-            f"view ({target}, temperature {cfg.temperature}), {cfg.epochs} epochs")  # fmt: skip
+    how = (f"specialists at {', '.join(f'{r}x{r}' for r in sorted(cfg.specialists, reverse=True))}"
+           f" distilled from {init or 'the model'} at {native}x{native} on the same augmented "
+           f"view ({target}, temperature {cfg.temperature}), {cfg.epochs} epochs")  # fmt: skip
+    if not continued:
+        return how
+    went_on = ", ".join(f"{r}x{r}" for r in continued)
+    return f"{how}; those at {went_on} went on from the weights' own ({before or 'made elsewhere'})"

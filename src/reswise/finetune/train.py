@@ -37,6 +37,7 @@ from ..records.rundir import hold, interruptible
 from . import ddp
 from .autocast import autocast_dtype  # importable here as before
 from .card import CardFacts, write_card
+from .carry import carry_note, trainee
 from .checks import check_batches, preflight, state_path
 from .head import fit_task
 from .heldout import evaluate_multires, evaluate_top1, held_out  # noqa: F401 - importable here as before
@@ -210,11 +211,9 @@ def _train(
         lm.model.to(memory_format=torch.channels_last)
     # multi-resolution training with private BN trains a wrapper; the convolutions stay shared
     multi = len(res) > 1 and cfg.private_bn and not spec
-    model: nn.Module = lm.model
-    if spec:  # copies of the model, which teaches them and is itself never trained
-        model = Specialists(lm.model, list(cfg.specialists), native)
-    elif multi:
-        model = PrivateBN(lm.model, res, native)
+    model = trainee(lm, cfg, res, native, multi)
+    if carried := carry_note(lm, model):
+        say(carried)
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a handful of fixed shapes: tune once each
@@ -250,6 +249,7 @@ def _train(
         "num_classes": lm.info.num_classes,
         "classes": list(names) if names is not None else None,
         "labels": how,
+        "carried": carried,  # what became of the weights' per-resolution state (None: none)
         "input_size": lm.info.input_size,
     }
     if rank == 0:
@@ -287,7 +287,8 @@ def _finish(
         "train_resolutions", "specialists")}})  # fmt: skip
     if isinstance(model, Specialists):
         final = model.checkpoint_state(
-            names, recipe(cfg, lm.info.input_size, cfg.init or lm.weights)
+            names,
+            recipe(cfg, lm.info.input_size, cfg.init or lm.weights, model.continued, model.before),
         )
     elif isinstance(model, PrivateBN):
         final = model.checkpoint_state(names)

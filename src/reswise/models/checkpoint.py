@@ -214,14 +214,16 @@ def save_checkpoint(
     per_resolution: dict[int, dict[str, torch.Tensor]],
     path: str | Path,
     class_names: tuple[str, ...] | list[str] | None = None,
+    made: str | None = None,
 ) -> None:
-    """Write ``model``'s state_dict with its per-resolution tensors (``weights_only`` loadable).
+    """Write ``model``'s state_dict with its per-resolution tensors (``weights_only`` loadable)
+    and ``made``, how they were made, when given.
 
     A LoadedModel works too and brings its weights' class names unless ``class_names`` is given.
     """
     if class_names is None:
         class_names = getattr(getattr(model, "info", None), "class_names", None)
     model = getattr(model, "model", model)
-    state = checkpoint_state(model.state_dict(), per_resolution, class_names)
+    state = checkpoint_state(model.state_dict(), per_resolution, class_names, made)
     with replacing(Path(path)) as tmp:  # never half a checkpoint at ``path`` (a full disk)
         torch.save(state, tmp)

