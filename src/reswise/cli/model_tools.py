@@ -161,6 +161,7 @@ def _log(args: argparse.Namespace) -> Any:
 
 def run_models(args: argparse.Namespace) -> dict[str, Any]:
     from ..models import list_models, model_info
+    from ..models._registry import FETCH_OWN_WEIGHTS
 
     rows = []
     for name in list_models(args.filter):
@@ -176,8 +177,7 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
             }
             for w in info.weights
         ]
-        # torchvision and EfficientNet-Lite fetch their own ImageNet weights (bare --pretrained)
-        own = info.family in ("torchvision", "efficientnet_lite")
+        own = info.family in FETCH_OWN_WEIGHTS  # their ImageNet weights: bare --pretrained
         rows.append(
             {
                 "model": name,

