@@ -95,7 +95,7 @@ def test_bad_data_roots_are_clear_errors(tmp_path, root_kind):
     if root_kind == "no_images":
         (root / "a").mkdir()
         (root / "a" / "x.txt").write_text("x")
-    with pytest.raises(ReswiseError, match="data root"):
+    with pytest.raises(ReswiseError, match="--data-root"):
         load_dataset("imagefolder", root)
 
 

@@ -413,6 +413,9 @@ def test_specialists_travel_into_the_policy_the_export_and_int8_stages(capsys, t
     p = json.loads(policy.read_text())
     assert p["chain"] == [20]
     assert p["stage_state"] == {"20": "specialist"}
+    # it printed "(BN per stage: {'20': 'weights'})", a Python dict (fourth round as a new user)
+    assert main(["select", "--from", str(run), "--max-drop", "60", "--save", str(policy)]) == 0
+    assert f"policy written to {policy} (stages: 20 specialist)" in capsys.readouterr().out
     assert "distilled from cifar_resnet20.reswise_jpeg" in p["state_made"]
     shipped = tmp_path / "shipped"
     d = _run(capsys, ["export", "--policy", str(policy), "--format", "onnx", "--out",

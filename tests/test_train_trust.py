@@ -113,6 +113,9 @@ def _cli_refuses(capsys, tmp_path, monkeypatch, argv, message):
         (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
         (["--label-smoothing", "1.5"], "--label-smoothing must be"),
         (["--train-resolutions", "32,100000"], "needs about"),
+        # checked at the first step, after the data was loaded (fourth round as a new user)
+        (["--train-resolutions", "32,24", "--largest-weight", "2"], "--largest-weight must be"),
+        (["--train-resolutions", "32,24", "--largest-weight", "nan"], "--largest-weight must be"),
     ],
 )
 def test_bad_flags_are_refused_before_any_work(capsys, tmp_path, monkeypatch, argv, message):
@@ -269,3 +272,64 @@ def test_bf16_is_the_default_where_it_was_measured_faster(tmp_path):
     assert "--bf16" in command(cfg("efficientnet_lite0", "--bf16"), facts, tmp_path / "o.pt")
     assert "--bf16" not in command(cfg("efficientnet_lite0"), facts, tmp_path / "o.pt")
     assert "--fp32" in command(cfg("efficientnet_lite0"), facts, tmp_path / "o.pt")
+
+
+def test_a_resumed_run_scored_on_another_test_set_says_which_epochs(tmp_path, monkeypatch):
+    """Resumed with another --test-root, the card listed every epoch's top-1 under the new
+    test set, the first epochs measured on the old one (fourth round as a new user)."""
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=6))
+    old = load_dataset("imagefolder", make_imagefolder(tmp_path / "old", n_per_class=4, seed=3))
+    new = load_dataset("imagefolder", make_imagefolder(tmp_path / "new", n_per_class=5, seed=4))
+    lm = lambda: (torch.manual_seed(0), create_model("cifar_resnet20", pretrained=False))[1]  # noqa: E731
+    _stop_at(monkeypatch, 4)  # 3 steps an epoch: stops in epoch 2, epoch 1 scored on `old`
+    with pytest.raises(KeyboardInterrupt):
+        train(lm(), data, CFG, tmp_path / "a.pt", test_data=old, progress=False, log=print)
+    monkeypatch.undo()
+    notes: list[str] = []
+    out = train(lm(), data, CFG, tmp_path / "a.pt", test_data=new, progress=False,
+                log=notes.append)  # fmt: skip
+    assert any("epoch 1 was scored on" in n and str(tmp_path / "old") in n for n in notes), notes
+    card = (tmp_path / "a.md").read_text()
+    first, second = (ln for ln in card.splitlines() if ln.startswith("  - epoch"))
+    assert "(on `" in first and "old" in first and "12 images" in first, first
+    assert "(on" not in second, second
+    assert out["history"][0]["test_set"]["n"] == 12 and out["history"][1]["test_set"]["n"] == 15
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--lr", "0.01", "--label-smoothing", "0.2", "--fp32"],
+        ["--train-resolutions", "32,24,16", "--distill", "--sandwich-k", "2"],
+        ["--specialists", "24,16", "--temperature", "2"],
+        ["--specialists", "24", "--labels", "--label-smoothing", "0.05"],
+    ],
+)
+def test_the_cards_command_runs_the_same_config_again(tmp_path, flags):
+    """The card's command is what a user copies: parsed and checked as `train` does, it must
+    ask for the same config. A label-free specialists card said `--label-smoothing 0.1` (a
+    flag that run never used) (fourth round as a new user)."""
+    import shlex
+
+    from reswise.cli.main import build_parser
+    from reswise.cli.model_tools import train_config
+    from reswise.finetune.card import CardFacts, command
+    from reswise.finetune.checks import check_flags
+
+    def cfg(argv):
+        args = build_parser().parse_args(argv)
+        return train_config(args, "cifar_resnet20.reswise_jpeg", "cifar_resnet")
+
+    base = ["train", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+            "--dataset", "imagefolder", "--data-root", "x", "--out", "o.pt"]  # fmt: skip
+    first = cfg(base + flags)
+    data = load_dataset("imagefolder", make_imagefolder(tmp_path / "d", n_per_class=1))
+    facts = CardFacts("cifar_resnet20", "cifar_resnet20.reswise_jpeg", data, None, "", 1, 0)
+    again = shlex.split(command(first, facts, tmp_path / "o.pt"))
+    assert again[:2] == ["reswise", "train"]
+    second = cfg(again[1:])
+    check_flags(second, 32)
+    assert second == first
+    if first.specialists and not first.specialist_labels:
+        assert "--label-smoothing" not in again  # no cross-entropy to smooth

@@ -304,8 +304,9 @@ def _budget(points: list[Point], limit: float, objective: str = "flops") -> dict
         key, b = "budget_ms", f"{limit:.4g} ms per image"
         cost = lambda p: f"{p.ms_per_image:.4g} ms per image"  # noqa: E731
     else:
-        key, b = "budget_flops", f"{limit / 1e6:.0f} MFLOPs ({limit / 2e6:.0f} MMACs)"
-        cost = lambda p: f"{p.flops / 1e6:.0f} MFLOPs"  # noqa: E731
+        # 4 digits: a point 0.28 MFLOPs over the budget must not print as the budget itself
+        key, b = "budget_flops", f"{limit / 1e6:.4g} MFLOPs ({limit / 2e6:.4g} MMACs)"
+        cost = lambda p: f"{p.flops / 1e6:.4g} MFLOPs"  # noqa: E731
     within = [p for p in points if p.cost(objective) <= limit]
     if not within:
         cheapest = min(points, key=lambda p: p.cost(objective))

@@ -238,7 +238,13 @@ def _save_policy(run: Any, found: Any, args: argparse.Namespace) -> dict[str, An
 
     saved = save_choice(run, found.to_dict(), budget(args), args.save)
     if not args.json:
-        print(f"policy written to {saved['policy_file']} (BN per stage: {saved['bn']})")
+        stages = ", ".join(
+            f"{r} {kind}"
+            + ("" if saved["stage_precision"][r] == "fp32" else f" {saved['stage_precision'][r]}")
+            + (" with recalibrated BN" if saved["bn"][r] == "recalibrated" else "")
+            for r, kind in saved["stage_state"].items()
+        )
+        print(f"policy written to {saved['policy_file']} (stages: {stages})")
     return saved
 
 

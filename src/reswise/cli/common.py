@@ -160,7 +160,10 @@ def add_bn_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also evaluate with BN statistics re-estimated per resolution",
     )
-    g.add_argument("--calib-root", help="unlabeled images for BN statistics (not the eval set)")
+    g.add_argument(
+        "--calib-root",
+        help="images for BN statistics, class folders or a flat folder (not the eval set)",
+    )
     g.add_argument("--calib-size", type=int, default=2000, help="images used (default 2000)")
     g.add_argument(
         "--calib-split",

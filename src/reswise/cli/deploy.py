@@ -52,7 +52,10 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="the graph takes S x S images and resizes them itself",
     )
-    p.add_argument("--check-root", help="ImageFolder of real images for the check")
+    p.add_argument(
+        "--check-root",
+        help="real images for the check: class folders or a flat folder (labels unused)",
+    )
     p.add_argument("--check-size", type=int, default=256, help="images used for the check")
     p.add_argument(
         "--check",

@@ -35,7 +35,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("recalibrate", help="save a checkpoint with BN statistics per resolution")
     add_model_args(p)
     p.add_argument("--resolutions", required=True)
-    p.add_argument("--calib-root", required=True, help="unlabeled images (not the eval set)")
+    p.add_argument(
+        "--calib-root",
+        required=True,
+        help="images, class folders or a flat folder (not the eval set)",
+    )
     p.add_argument("--calib-size", type=int, default=2000)
     add_preprocess_args(p)
     p.add_argument("--seed", type=int, default=0)
@@ -79,7 +83,7 @@ def _add_train(sub: Any) -> None:
     )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--test-root", help="ImageFolder test set evaluated after each epoch")
+    p.add_argument("--test-root", help="test set with class folders, scored after each epoch")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (batch 128)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -191,6 +195,8 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     if not args.json:
+        if not rows:  # an empty list looks like a broken install
+            print(f"no registered model matches '{args.filter}'; `reswise models` lists them all")
         for r in rows:
             tags = [f"{x['tag']}{'*' if x['default'] else ''}" for x in r["weights"]]
             w = ", ".join(["ImageNet* (bare --pretrained)"] * r["own_imagenet_weights"] + tags)
@@ -215,13 +221,29 @@ def run_flops(args: argparse.Namespace) -> dict[str, Any]:
                 f"{r['flops'] / 1e9:.4f} | {r['params'] / 1e6:.3f} | "
                 f"{r['flops_drop_pct']:.2f} |"
             )
+        if args.by_operator:
+            _print_by_operator(out["rows"])
     return out
+
+
+def _print_by_operator(rows: list[dict[str, Any]]) -> None:
+    ops = sorted({op for r in rows for op in r["by_operator"]})
+    print("\nFLOPs by operator (MFLOPs)")
+    print(
+        "| Operator | " + " | ".join(f"{r['resolution']} x {r['resolution']}" for r in rows) + " |"
+    )
+    print("|---|" + "---:|" * len(rows))
+    for op in ops:
+        cells = " | ".join(f"{r['by_operator'].get(op, 0) / 1e6:.3f}" for r in rows)
+        print(f"| {op} | {cells} |")
 
 
 def run_recalibrate(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import recalibrate_checkpoint
+    from ..pipeline.sweep import refuse_unused_crop
 
     lm = model_from(args)
+    refuse_unused_crop(lm.info.name, args.crop_pct, lm.info.task)
     policy = lm.info.eval_policy(
         crop_pct=args.crop_pct, interpolation=args.interpolation, antialias=not args.no_antialias
     )
@@ -311,8 +333,11 @@ def _data_flags(args: argparse.Namespace) -> list[str]:
 def _with_crop(info: Any, crop: float) -> Any:
     import dataclasses
 
+    from ..pipeline.sweep import refuse_unused_crop
+
     if not 0.0 < crop <= 1.0:
         raise ReswiseError(f"--crop-pct must be in (0, 1], got {crop}")
+    refuse_unused_crop(info.name, crop, info.task)
     return dataclasses.replace(info, crop_pct=float(crop))
 
 
@@ -335,7 +360,9 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     # --class-map maps the folders onto the model's classes as the sweep does (same refusals);
     # specialists learn the model's outputs: a flat folder is enough (--labels then refused)
     data = load_data(args, lm if args.class_map else None, unlabelled=bool(cfg.specialists))
-    test = load_dataset("imagefolder", args.test_root) if args.test_root else None
+    test = (
+        load_dataset("imagefolder", args.test_root, flag="--test-root") if args.test_root else None
+    )
     out = train(
         lm,
         data,

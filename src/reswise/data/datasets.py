@@ -140,26 +140,36 @@ def _is_image(name: str) -> bool:
 
 
 def scan_imagefolder(
-    root: str | Path, unlabelled: bool = False
+    root: str | Path, unlabelled: bool = False, flag: str = "--data-root"
 ) -> tuple[list[str], list[int], list[str]]:
     """Paths, folder-position labels and class folder names of ``root/<class>/*``.
 
     ``unlabelled``: a flat folder (images directly in ``root``, no class folders) is accepted
     too, with no classes and every label -1 (label-free training: ``train --specialists``).
+    ``flag``: the option that named ``root``, for the errors (a user who typed --test-root
+    looks for that, not for "data root").
     """
     root = Path(root)
     if not root.is_dir():
-        raise ReswiseError(
-            f"data root {root} is not a folder; pass --data-root DIR with DIR/<class>/*"
-        )
+        raise ReswiseError(f"{flag} {root} is not a folder; pass {flag} DIR with DIR/<class>/*")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         flat = sorted(str(p) for p in root.iterdir() if _is_image(p.name) and p.is_file())
         if unlabelled and flat:
             return flat, [-1] * len(flat), []
-        hint = " (a flat folder of images works for `train --specialists`)" if flat else ""
+        if unlabelled:  # images directly in it would do: no class folder is needed
+            raise ReswiseError(
+                f"{flag} {root} holds no image files ({', '.join(IMG_EXTENSIONS)}), directly or "
+                "in class folders"
+            )
+        # only the training images of specialists may be flat; elsewhere the hint misleads
+        hint = (
+            " (a flat folder of images works for `train --specialists`)"
+            if flat and flag == "--data-root"
+            else ""
+        )
         raise ReswiseError(
-            f"data root {root} has no class folders; expected DIR/<class>/<image>{hint}"
+            f"{flag} {root} has no class folders; expected DIR/<class>/<image>{hint}"
         )
     paths, labels = [], []
     for i, c in enumerate(classes):
@@ -169,7 +179,7 @@ def scan_imagefolder(
                     paths.append(os.path.join(dirpath, f))
                     labels.append(i)
     if not paths:
-        raise ReswiseError(f"data root {root} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+        raise ReswiseError(f"{flag} {root} holds no image files ({', '.join(IMG_EXTENSIONS)})")
     return paths, labels, classes
 
 
@@ -190,6 +200,7 @@ def load_imagefolder(
     seed: int = 0,
     workers: int = 4,
     unlabelled: bool = False,
+    flag: str = "--data-root",
 ) -> Dataset:
     """Load ``root/<class>/*``. Same-size images (CIFAR-like) become one cached uint8 tensor.
 
@@ -201,7 +212,7 @@ def load_imagefolder(
     """
     if on_corrupt not in ("skip", "error"):
         raise ReswiseError(f"on_corrupt must be 'skip' or 'error', got '{on_corrupt}'")
-    paths, labels, classes = scan_imagefolder(root, unlabelled)
+    paths, labels, classes = scan_imagefolder(root, unlabelled, flag)
     keep = _select(paths, labels, limit, seed)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
@@ -357,10 +368,12 @@ def load_dataset(
     on_corrupt: str = "skip",
     seed: int = 0,
     unlabelled: bool = False,
+    flag: str = "--data-root",
 ) -> Dataset:
     """Load a dataset by name: ``cifar10``, ``imagefolder`` or ``imagenet`` (ImageFolder val layout).
 
     ``unlabelled``: an ``imagefolder`` may be a flat folder of images (labels -1, no classes).
+    ``flag``: the option that named ``root``, as the errors call it.
     """
     if name not in DATASETS:
         raise ReswiseError(f"unknown dataset '{name}'; valid names: {', '.join(DATASETS)}")
@@ -370,7 +383,7 @@ def load_dataset(
         return load_cifar10(root or cache_dir() / "cifar10", split, limit, seed=seed)
     if root is None:
         raise ReswiseError(f"dataset '{name}' needs --data-root DIR (DIR/<class>/<image>)")
-    data = load_imagefolder(root, limit, on_corrupt, seed=seed, unlabelled=unlabelled)
+    data = load_imagefolder(root, limit, on_corrupt, seed=seed, unlabelled=unlabelled, flag=flag)
     if name == "imagenet" and len(data.classes) != 1000:
         # labels are folder indices: with any other number of folders they would not line up
         # with the model's 1000 outputs and every accuracy would be silently wrong

@@ -57,8 +57,9 @@ def command(cfg: Any, facts: CardFacts, out: Path) -> str:
     parts = ["reswise", "train", "--model", facts.model, *_weights_flags(facts.model, facts.init)]
     parts += data + (["--test-root", facts.test.name] if facts.test is not None else [])
     parts += ["--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--warmup-epochs",
-              str(cfg.warmup_epochs), "--label-smoothing", str(cfg.label_smoothing),
-              "--batch-size", str(cfg.batch_size)]  # fmt: skip
+              str(cfg.warmup_epochs), "--batch-size", str(cfg.batch_size)]  # fmt: skip
+    if not getattr(cfg, "specialists", ()) or cfg.specialist_labels:  # no labels: no smoothing
+        parts += ["--label-smoothing", str(cfg.label_smoothing)]
     if getattr(cfg, "specialists", ()):
         parts += ["--specialists", ",".join(map(str, cfg.specialists))]
         parts += ["--labels"] * cfg.specialist_labels
@@ -102,7 +103,20 @@ def _recipe(cfg: Any, res: list[int], autocast: str) -> str:
             f"{'channels-last' if cfg.channels_last else 'NCHW'}, seed {cfg.seed}")  # fmt: skip
 
 
+def skipped_note(data: Any) -> str:
+    """The files the folder held but no step saw (unreadable: ``--on-corrupt skip``)."""
+    skipped = getattr(data, "skipped", [])
+    if not skipped:
+        return ""
+    many = "s" if len(skipped) > 1 else ""
+    path, why = skipped[0]
+    return f"{len(skipped)} unreadable image{many} skipped ({path}: {why}{', ...' if many else ''})"
+
+
 def _epochs(history: list[dict[str, Any]], res: list[int]) -> str:
+    # the last epoch is scored on the run's test set; a resumed run may have scored earlier
+    # epochs on another one: those lines say which
+    now = (history[-1].get("test_set") or {}).get("fingerprint") if history else None
     lines = []
     for rec in history:
         top = rec.get("test_top1")
@@ -112,6 +126,9 @@ def _epochs(history: list[dict[str, Any]], res: list[int]) -> str:
             row = f"{top:.2f}"
         else:
             continue
+        was = rec.get("test_set")
+        if was and was["fingerprint"] != now:
+            row += f" (on `{was['name']}`, {was['n']} images: another test set)"
         lines.append(f"  - epoch {rec['epoch']}: {row}")
     return "\n".join(lines) or "  - (no held-out set was given: `--test-root`)"
 
@@ -166,7 +183,8 @@ def write_card(out: Path, cfg: Any, facts: CardFacts, result: dict[str, Any]) ->
             else "the file names no classes: output i is class folder i."
         ),  # fmt: skip
         f"- **Data**: trained on `{d.name}` ({len(d)} images, "
-        + (f"{len(d.classes)} classes)" if d.classes else "a flat folder, no labels)")
+        + (f"{len(d.classes)} classes" if d.classes else "a flat folder, no labels")
+        + (f"; {skipped_note(d)})" if d.skipped else ")")
         + (f", evaluated on `{t.name}` ({len(t)} images) after each epoch." if t else "."),
         f"- **Start**: {facts.init or 'random init'}"
         + (f"; {result['carried']}." if result.get("carried") else "."),

@@ -48,6 +48,8 @@ def check_flags(cfg: Any, native: int) -> None:
     if cfg.specialists:
         check_specialists(cfg.specialists, native)
         _positive(cfg.temperature, "--temperature")
+    if not (math.isfinite(cfg.largest_weight) and 0 <= cfg.largest_weight < 1):
+        raise ReswiseError(f"--largest-weight must be in [0, 1), got {cfg.largest_weight}")
     _check_unused(cfg)
     bad = [r for r in cfg.train_resolutions if r <= 0]
     if bad:

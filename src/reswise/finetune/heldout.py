@@ -52,3 +52,30 @@ def held_out(
         return evaluate_multires(lm, model, test, device=device, resolutions=resolutions)
     top = {r: evaluate_top1(lm, test, device=device, resolution=r) for r in resolutions}
     return top if len(top) > 1 else top[resolutions[0]]
+
+
+def test_facts(test: Dataset | None) -> dict[str, Any]:
+    """What each epoch's record says it was scored on (``test_set``): a resumed run may be
+    given another --test-root, and its first epochs' figures then belong to the old one."""
+    if test is None:
+        return {}
+    return {"test_set": {"name": test.name, "n": len(test), "fingerprint": test.fingerprint()[:16]}}
+
+
+def other_test_sets(history: list[dict[str, Any]], now: dict[str, Any]) -> str:
+    """A note naming the epochs of ``history`` scored on another test set than ``now``'s."""
+    current = now.get("test_set", {}).get("fingerprint")
+    by_set: dict[tuple[str, int], list[int]] = {}
+    for rec in history:  # states saved before records named their test set: taken as is
+        was = rec.get("test_set")
+        if was and was["fingerprint"] != current:
+            by_set.setdefault((was["name"], was["n"]), []).append(rec["epoch"])
+    parts = [
+        f"epoch{'s' if len(ep) > 1 else ''} {', '.join(map(str, ep))} "
+        f"{'were' if len(ep) > 1 else 'was'} scored on {name} ({n} images)"
+        for (name, n), ep in by_set.items()
+    ]
+    if not parts:
+        return ""
+    now_name = now["test_set"]["name"] if now else "no test set (no --test-root)"
+    return "; ".join(parts) + f", not on {now_name}: the card marks them"

@@ -36,11 +36,17 @@ from ..records import replacing
 from ..records.rundir import hold, interruptible
 from . import ddp
 from .autocast import autocast_dtype  # importable here as before
-from .card import CardFacts, write_card
+from .card import CardFacts, skipped_note, write_card
 from .carry import carry_note, trainee
 from .checks import check_batches, preflight, state_path
 from .head import fit_task
-from .heldout import evaluate_multires, evaluate_top1, held_out  # noqa: F401 - importable here as before
+from .heldout import (  # noqa: F401 - evaluate_* importable here as before
+    evaluate_multires,
+    evaluate_top1,
+    held_out,
+    other_test_sets,
+    test_facts,
+)
 from .multires import PrivateBN, loss_weights, sandwich
 from .multires import multires_step as _step  # tests stop a run at a step: by this name
 from .specialist import Specialists, recipe, specialist_labels, specialist_step
@@ -206,6 +212,8 @@ def _train(
     else:
         train_data, test_data, names, how = _labels(lm, train_data, test_data)
     say(f"labels: {how}")
+    if skipped := skipped_note(train_data):
+        say(skipped)
     res = sorted(cfg.train_resolutions or [native, *cfg.specialists], reverse=True)
     if cfg.channels_last:
         lm.model.to(memory_format=torch.channels_last)
@@ -226,6 +234,9 @@ def _train(
     key = {"images": train_data.fingerprint(), "weights": weights_digest(model)}
     run = RunState(model, opt, g, cfg, state_path(out), rank, key)
     run.resume(say, out)
+    test_set = test_facts(test_data)
+    if note := other_test_sets(run.history, test_set):
+        say(note)
     scale_shift = tuple(t.to(dev) for t in normalizer(lm.info.mean, lm.info.std))
     plan = _Plan(cfg, res, multi, scale_shift, dev, autocast_dtype(dev, cfg), rank, world,
                  min(workers, available_cpus()), progress, spec)  # fmt: skip
@@ -234,7 +245,7 @@ def _train(
         while run.epoch < cfg.epochs:
             with ddp.global_batchnorm(model, world):
                 rec = _epoch(run, net, plan, train_data)
-            rec = _score(rec, run, lm, test_data, plan)
+            rec = {**_score(rec, run, lm, test_data, plan), **test_set}
             say(json.dumps(rec))
             run.end_epoch(rec)
     model.eval()

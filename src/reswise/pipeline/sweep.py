@@ -133,7 +133,10 @@ def load_calib(cfg: SweepConfig, data: Dataset) -> tuple[Dataset, str, dict[str,
             "--calib-root is the evaluation set; use other images (e.g. the train split) or "
             "--calib-split (only the calibration part of the evaluation images)"
         )
-    return load_dataset("imagefolder", cfg.calib_root, on_corrupt="skip"), cfg.calib_root, None
+    calib = load_dataset(
+        "imagefolder", cfg.calib_root, on_corrupt="skip", unlabelled=True, flag="--calib-root"
+    )
+    return calib, cfg.calib_root, None
 
 
 # ---------------------------------------------------------------- the sweep
@@ -148,6 +151,7 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (choose/crops.py)
         return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
+    refuse_unused_crop(cfg.model, cfg.crop_pct, model_info(cfg.model).task)
     parse_precisions(cfg.precision)  # a bad --precision or --quant fails before any pass
     quant_options(cfg.quant)
     out = cfg.out_dir()
@@ -294,6 +298,17 @@ def load_run(run_dir: str | Path) -> SweepResult:
 
 
 # ---------------------------------------------------------------- --crop-pct auto
+def refuse_unused_crop(model: str, crop_pct: float | str | None, task: str) -> None:
+    """A centre crop on a model that resizes the whole image would change nothing (the policy
+    has no crop): refused, not ignored."""
+    if crop_pct in (None, "auto") or task == "imagenet" or float(crop_pct) == 1.0:
+        return
+    raise ReswiseError(
+        f"--crop-pct {float(crop_pct):g} sets a centre crop, but {model} resizes the whole image "
+        "to r x r (no crop); drop --crop-pct"
+    )
+
+
 def _refuse_auto_crop(cfg: Any, task: str) -> None:
     if task != "imagenet":
         raise ReswiseError(

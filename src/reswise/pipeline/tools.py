@@ -53,7 +53,8 @@ def recalibrate_checkpoint(
     ``policy``: how images become r x r inputs (default: the weights' own, ``eval_policy()``).
     """
     res = parse_resolutions(resolutions)
-    calib = load_dataset("imagefolder", calib_root)
+    # BN statistics need no labels: the user's own flat folder of images will do
+    calib = load_dataset("imagefolder", calib_root, unlabelled=True, flag="--calib-root")
     policy = policy or lm.info.eval_policy()
     states = recalibrate_all(
         lm.model, calib, res, policy, lm.info.mean, lm.info.std, calib_size, seed=seed
@@ -77,7 +78,7 @@ def adapt_checkpoint(
     """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
     from ..finetune.adapt import adapt, adapter_size
 
-    data = load_dataset("imagefolder", train_root)
+    data = load_dataset("imagefolder", train_root, flag="--train-root")
     states = adapt(lm, data, parse_resolutions(resolutions), steps, batch_size, lr, seed, log=log)
     facts = {"steps": steps, "train_root": train_root, **adapter_size(lm.model)}
     return _write_checkpoint(lm, states, out, facts)
@@ -131,7 +132,14 @@ def export_checked(
     check_destination(Path(out), "--out")
     images = None
     if check_root:
-        data = load_dataset("imagefolder", check_root, limit=check_size, seed=0)
+        data = load_dataset(  # the check compares graph and model: labels unused
+            "imagefolder",
+            check_root,
+            limit=check_size,
+            seed=0,
+            unlabelled=True,
+            flag="--check-root",
+        )
         images = data.get(torch.arange(len(data)))
         if isinstance(images, list):  # variable sizes: bring them to the size the graph takes
             images = lm.info.eval_policy()(images, bake_resize_from or lm.info.input_size)
@@ -160,7 +168,10 @@ def export_policy_checked(
     root = check_root or load_policy(policy)["images"]["dataset"]
     images, skipped = None, None
     if check_root or (root and Path(root).is_dir()):
-        data = load_dataset("imagefolder", root, limit=check_size, seed=0)
+        flag = "--check-root" if check_root else "the policy's images"
+        data = load_dataset(
+            "imagefolder", root, limit=check_size, seed=0, unlabelled=True, flag=flag
+        )
         images = data.get(torch.arange(len(data)))
         if isinstance(images, list):
             if check_root:

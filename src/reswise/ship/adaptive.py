@@ -70,7 +70,9 @@ def weights_source(run: SweepResult) -> dict[str, Any]:
     if name.startswith(f"{run.model}."):
         tag = name[len(run.model) + 1 :]
         return {"pretrained": True if tag == "pretrained" else tag}
-    return {"checkpoint": name}
+    # the path as the sweep was given it; the policy is used from other folders (latency,
+    # export, a server): keep it absolute when it is found from here
+    return {"checkpoint": str(Path(name).resolve()) if Path(name).is_file() else name}
 
 
 def load_model_for(policy: dict[str, Any], lm: LoadedModel | None = None) -> LoadedModel:
@@ -187,7 +189,13 @@ def save_choice(
     states = run.bn.states if run.bn is not None else None
     quant = {r: _quant_kept(run, r) for r, p in zip(chain, prec) if p == "int8"}
     out = save_policy(policy, path, states, quant)
-    return {"policy_file": str(out), "bn": policy["bn"], "weights_sha256": weights["sha256"]}
+    return {
+        "policy_file": str(out),
+        "bn": policy["bn"],
+        "stage_state": policy["stage_state"],
+        "stage_precision": {str(r): p for r, p in zip(chain, prec)},
+        "weights_sha256": weights["sha256"],
+    }
 
 
 def stage_state(lm: LoadedModel, bn_source: dict[int, str]) -> dict[str, Any]:

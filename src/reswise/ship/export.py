@@ -334,11 +334,11 @@ def export_policy(
                 )
             shipped["graphs"]["check"] = check
             write_atomic(stage / "policy.json", (json.dumps(shipped, indent=1) + "\n").encode())
-        bn_file = policy.get("bn_file")
-        if bn_file:  # not needed by the graphs (baked in), kept so the policy file stays whole
-            shutil.copyfile(
-                Path(policy["path"]).with_name(bn_file["name"]), stage / bn_file["name"]
-            )
+        # not needed by the graphs (baked in), kept so the policy file stays whole: `latency
+        # --policy` on the shipped file rebuilds the int8 stages from the quantization file
+        for side in (policy.get("bn_file"), policy.get("quant_file")):
+            if side:
+                shutil.copyfile(Path(policy["path"]).with_name(side["name"]), stage / side["name"])
     return {"out": str(out), "files": files, **shipped["graphs"].get("check", {})}
 
 

@@ -106,6 +106,7 @@ def build_policy(
     }
     shares = found.get("stage_share_pct", [100.0])
     n = run.n
+    flops_at = {unstage(k)[0]: v for k, v in run.flops.items()}
     return {
         "format": FORMAT,
         "kind": "cascade" if "chain" in found else "select",
@@ -118,7 +119,9 @@ def build_policy(
         "thresholds": thresholds,
         "bn": {str(r): bn_source[r] for r in chain},
         "reference": int(run.reference),
-        "flops": {str(r): int(run.flops[r]) for r in sorted({*chain, run.reference})},
+        # a precision changes the time, not the FLOPs: any stage at r says r's FLOPs (a run seen
+        # through --precision int8 keeps no fp32 stage below the reference)
+        "flops": {str(r): int(flops_at[r]) for r in sorted({*chain, run.reference})},
         "budget": {k: budget[k] for k in ("max_drop", "confidence")},
         "split": {
             "seed": int(budget["seed"]),
@@ -129,7 +132,10 @@ def build_policy(
         "images": {
             "fingerprint": run.meta.get("images_fingerprint"),
             "n": int(n),
-            "dataset": run.dataset,
+            # absolute when it is a folder found from here: export checks on these images
+            "dataset": str(Path(run.dataset).resolve())
+            if Path(run.dataset).is_dir()
+            else run.dataset,
             "dataset_kind": run.meta.get("dataset_kind"),
             "limit": run.meta.get("images_limit"),  # the sweep's --limit subset, drawn with
             "seed": run.meta.get("images_seed"),  # its --seed (the split may use another)
