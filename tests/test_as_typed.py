@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from reswise.cli import main
+from reswise.errors import ReswiseError
 from reswise.models.checkpoint import split_checkpoint
 from reswise.ship.adaptive import load_model_for
 from reswise.ship.policy_file import load_policy
@@ -221,3 +222,62 @@ def test_a_flops_budget_nothing_fits_is_not_rounded_onto_the_cheapest(capsys, tm
                  "--out", str(tmp_path / "f")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "No point fits in 20 MFLOPs" in out and "at 20.28 MFLOPs" in out, out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--resolutions", "24", "--lr", "nan"], "--lr must be a positive number"),
+        (["--resolutions", "24", "--lr", "-0.1"], "--lr must be a positive number"),
+        (["--resolutions", "24", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--resolutions", "32"], "32 is cifar_resnet20's native resolution"),
+    ],
+)
+def test_adapt_refuses_flags_that_would_write_a_useless_file(capsys, tmp_path, extra, message):
+    """`adapt --lr nan` wrote NaN adapters and `--resolutions 32` "adapters for []", exit 0
+    (sixth round as a new user)."""
+    out = tmp_path / "a.pt"
+    err = _err(capsys, ["adapt", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                        "--train-root", str(CIFAR_JPEG / "test"), "--steps", "2", *extra,
+                        "--out", str(out)])  # fmt: skip
+    assert message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("values", [[32, 32.5], [32, "24"], (32, 24.0, None), [True, 16]])
+def test_resolutions_given_in_python_must_be_whole_numbers(values):
+    """`SweepConfig(resolutions=[32, 32.5])` died in torch with a TypeError (round 7, the
+    README's Python equivalents); a tuple was read as one string."""
+    from reswise.data import parse_resolutions
+
+    with pytest.raises(ReswiseError, match="whole numbers"):
+        parse_resolutions(values)
+
+
+def test_resolutions_given_in_python_as_a_tuple_or_integral_floats_are_taken():
+    from reswise.data import parse_resolutions
+
+    assert parse_resolutions((32, 24)) == [32, 24]
+    assert parse_resolutions([32, 24.0]) == [32, 24]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--split", "train"], "--split picks a CIFAR-10 split"),
+        (["--crop-grid", "0.8,1.0"], "--crop-grid is the grid --crop-pct auto tries"),
+        (["--calib-root", "@test"], "--calib-root is for --recalibrate-bn"),
+        (["--calib-split"], "--calib-split is for --recalibrate-bn"),
+        (["--quant", "minmax"], "--quant calibrates int8 stages"),
+    ],
+)
+def test_sweep_flags_that_would_change_nothing_are_refused(capsys, tmp_path, extra, message):
+    """Read before the seventh round, as the third round's train flags were: each ran
+    without effect, exit 0."""
+    extra = [str(CIFAR_JPEG / "train") if a == "@test" else a for a in extra]
+    err = _err(capsys, ["sweep", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                        "--dataset", "imagefolder", "--data-root", str(CIFAR_JPEG / "test"),
+                        "--resolutions", "32,24", "--no-progress", "--out", str(tmp_path / "o"),
+                        *extra])  # fmt: skip
+    assert message in err, err
+    assert not (tmp_path / "o").exists()

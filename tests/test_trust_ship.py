@@ -333,3 +333,20 @@ def test_module_takes_16_bit_float_images(dtype):
     want = module()(x.float())  # the same values, in float32
     assert torch.equal(got.resolution, want.resolution)
     assert torch.equal(got.logits, want.logits) and got.logits.dtype == torch.float32
+
+
+def test_latency_times_the_shipped_copy_of_a_multi_stage_policy():
+    """`latency --policy SHIPPED/policy.json` of any cascade of two stages or more was refused
+    ("graphs.stages has 3 graphs for 1 stages": the one-stage baseline kept the shipped graph
+    list) wherever torch timed it (the default backends, --backend eager), though the file was
+    whole (sixth round as a new user)."""
+    from reswise.ship.export import export_policy
+
+    _, path, _, lm = shipped()  # a real sweep's three-stage cascade
+    out = path.parent / "shipped_for_latency"
+    export_policy(path, out, lm=lm)
+    p = _cli("latency", "--policy", str(out / "policy.json"), "--data-root",
+             str(CIFAR_JPEG / "test"), "--limit", "64", "--batch-size", "32", "--repeats", "1",
+             "--backend", "eager")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-800:]
+    assert "adaptive" in p.stdout and "graphs.stages" not in p.stderr

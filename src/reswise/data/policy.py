@@ -11,6 +11,7 @@ loop for same-size images; variable-size images are resized one by one in C++ ca
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -96,10 +97,19 @@ def to_input(
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-def parse_resolutions(text: str | list[int], flag: str = "--resolutions") -> list[int]:
+def parse_resolutions(
+    text: str | list[int] | tuple[int, ...], flag: str = "--resolutions"
+) -> list[int]:
     """'32,28,24' -> [32, 28, 24]; with a clear error naming ``flag`` for anything else."""
-    if isinstance(text, list):
-        vals = text
+    if isinstance(text, (list, tuple)):  # from Python: whole numbers only (24.0 is 24)
+        whole = [
+            int(v)
+            for v in text
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer()
+        ]
+        if len(whole) != len(text):
+            raise ReswiseError(f"{flag} must be whole numbers of pixels, got {list(text)}")
+        vals = whole
     else:
         try:
             vals = [int(t) for t in str(text).replace(" ", "").split(",") if t]

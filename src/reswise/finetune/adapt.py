@@ -100,6 +100,24 @@ def adapt_one(
     return {k: state[k].detach().clone() for k in adapter_keys(model)}
 
 
+def check_adapt(
+    lm: LoadedModel, resolutions: list[int], steps: int, batch_size: int, lr: float
+) -> None:
+    """Refuse flags that would train nothing or write a useless file, before any image loads."""
+    if steps <= 0:
+        raise ReswiseError(f"--steps must be positive, got {steps}")
+    if batch_size <= 0:
+        raise ReswiseError(f"--batch-size must be positive, got {batch_size}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ReswiseError(f"--lr must be a positive number, got {lr}")
+    native = lm.info.input_size
+    if not [r for r in resolutions if r != native]:  # the file would hold no adapter at all
+        raise ReswiseError(
+            f"{native} is {lm.info.name}'s native resolution: the model answers there as it is; "
+            "give the smaller resolutions to adapt"
+        )
+
+
 def adapt(
     lm: LoadedModel,
     data: TensorImages,
@@ -111,14 +129,14 @@ def adapt(
     log: Any = None,
     distill: float = 0.0,
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """One adapter per resolution other than the model's native one."""
+    """One adapter per resolution other than the model's native one (the model answers there;
+    a list of nothing else is refused)."""
     if not isinstance(data, TensorImages):
         raise ReswiseError("adapters train on same-size images held in memory (e.g. a train split)")
-    if steps <= 0:
-        raise ReswiseError(f"--steps must be positive, got {steps}")
+    check_adapt(lm, resolutions, steps, batch_size, lr)
     out = {}
     for r in resolutions:
-        if r == lm.info.input_size:
+        if r == lm.info.input_size:  # a sweep's list includes it: the model stays as it is there
             continue
         out[r] = adapt_one(lm, data, r, steps, batch_size, lr, seed, distill)
         if log:

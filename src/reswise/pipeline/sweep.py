@@ -148,6 +148,7 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     is killed, interrupted or hits a full disk resumes where it stopped. Returns None on a
     non-zero torchrun rank (rank 0 gathers the records).
     """
+    refuse_unused_flags(cfg)
     if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (choose/crops.py)
         return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
@@ -295,6 +296,30 @@ def load_run(run_dir: str | Path) -> SweepResult:
     run = SweepResult.load(run_dir)
     run.directory = str(run_dir)
     return run
+
+
+def refuse_unused_flags(cfg: SweepConfig) -> None:
+    """Flags this sweep would ignore are refused: each ran without effect, exit 0."""
+    if cfg.split != "test" and cfg.dataset != "cifar10":
+        raise ReswiseError(
+            f"--split picks a CIFAR-10 split (--dataset cifar10); with --dataset {cfg.dataset} "
+            "the folder is the split: drop --split, or point --data-root at the other folder"
+        )
+    if cfg.crop_grid is not None and cfg.crop_pct != "auto":
+        raise ReswiseError(
+            "--crop-grid is the grid --crop-pct auto tries: add --crop-pct auto or drop --crop-grid"
+        )
+    for flag, given in (("--calib-root", cfg.calib_root), ("--calib-split", cfg.calib_split)):
+        if given and not cfg.recalibrate_bn:
+            raise ReswiseError(
+                f"{flag} is for --recalibrate-bn (the images BN statistics are taken from): "
+                f"add --recalibrate-bn or drop {flag}"
+            )
+    wants_int8 = "int8" in str(cfg.precision or "")
+    if cfg.quant != "auto" and not wants_int8:
+        raise ReswiseError(
+            f"--quant calibrates int8 stages: add --precision fp32,int8 or drop --quant {cfg.quant}"
+        )
 
 
 # ---------------------------------------------------------------- --crop-pct auto

@@ -76,10 +76,12 @@ def adapt_checkpoint(
     log: Any = None,
 ) -> dict[str, Any]:
     """Write ``out``: the frozen model plus one adapter (BN + classifier) per resolution."""
-    from ..finetune.adapt import adapt, adapter_size
+    from ..finetune.adapt import adapt, adapter_size, check_adapt
 
+    res = parse_resolutions(resolutions)
+    check_adapt(lm, res, steps, batch_size, lr)  # before the images: a bad flag costs a second
     data = load_dataset("imagefolder", train_root, flag="--train-root")
-    states = adapt(lm, data, parse_resolutions(resolutions), steps, batch_size, lr, seed, log=log)
+    states = adapt(lm, data, res, steps, batch_size, lr, seed, log=log)
     facts = {"steps": steps, "train_root": train_root, **adapter_size(lm.model)}
     return _write_checkpoint(lm, states, out, facts)
 

@@ -92,6 +92,7 @@ def fixed_policy(policy: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:
     src = policy["bn"].get(str(ref)) or ("weights" if lm.extra.get(ref) else "shared")
     one = {**policy, "chain": [ref], "thresholds": [], "signal": None, "bn": {str(ref): src}}
     one.pop("quant_file", None)
+    one.pop("graphs", None)  # an exported copy's graphs are the whole chain's, not this stage's
     # the baseline is the fp32 model at its native resolution, whatever the stages run at
     return {**one, "precision": ["fp32"]} if "precision" in policy else one
 
