@@ -281,3 +281,55 @@ def test_sweep_flags_that_would_change_nothing_are_refused(capsys, tmp_path, ext
                         *extra])  # fmt: skip
     assert message in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["latency", "--model", "cifar_resnet20", "--resolutions", "32,24", "--data-root", "@test"],
+         "--data-root is for --policy"),
+        (["latency", "--model", "cifar_resnet20", "--resolutions", "32,24", "--limit", "5"],
+         "--limit is for --policy"),
+        (["export", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg", "--resolution",
+          "24", "--check-size", "8", "--out", "@out"], "--check-size is the number of"),
+    ],
+)  # fmt: skip
+def test_latency_and_export_refuse_flags_only_another_path_uses(capsys, tmp_path, argv, message):
+    """Read before the eighth round: without --policy these flags were parsed and ignored."""
+    sub = {"@test": str(CIFAR_JPEG / "test"), "@out": str(tmp_path / "m.onnx")}
+    err = _err(capsys, [sub.get(a, a) for a in argv])
+    assert message in err, err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_train_out_whose_card_would_overwrite_it_is_refused(capsys, tmp_path):
+    """`train --out w.md` wrote the weights, then the model card over them ("wrote o/w.md and
+    its model card o/w.md", exit 0): the run's weights were lost (eighth round)."""
+    out = tmp_path / "w.md"
+    err = _err(capsys, ["train", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                        "--dataset", "imagefolder", "--data-root", str(_images(tmp_path, n=20)),
+                        "--epochs", "1", "--no-progress", "--out", str(out)])  # fmt: skip
+    assert "--out" in err and "model card" in err, err
+    assert not out.exists()
+
+
+def test_an_export_check_size_of_zero_is_refused(capsys, tmp_path):
+    err = _err(capsys, ["export", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                        "--resolution", "24", "--check-root", str(_images(tmp_path, n=20)),
+                        "--check-size", "0", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
+    assert "--check-size must be positive" in err, err
+
+
+def test_compare_names_the_run_that_lacks_a_resolution(capsys, tmp_path):
+    """`compare --from A --add b=B`, B swept at a resolution A was not swept at, said "run 'b'
+    lacks resolution [16]", though B had it and A did not (ninth round)."""
+    test = _images(tmp_path, n=20)
+    for name, res in (("a", "32,24"), ("b", "32,24,16")):
+        assert main(["sweep", "--model", "cifar_resnet20", "--pretrained", "reswise_jpeg",
+                     "--dataset", "imagefolder", "--data-root", str(test), "--resolutions", res,
+                     "--no-progress", "--out", str(tmp_path / name)]) == 0  # fmt: skip
+    capsys.readouterr()
+    err = _err(capsys, ["compare", "--from", str(tmp_path / "a"), "--add",
+                        f"b={tmp_path / 'b'}"])  # fmt: skip
+    assert "run 'b' has 16, which the --from run" in err, err
+    assert "lacks resolution [16]" not in err

@@ -151,9 +151,17 @@ def _check_run(label: str, rec: Records, records: Records, flops: dict[Any, Any]
         raise ReswiseError(
             f"run '{label}' was evaluated on other images; compare needs the same set"
         )
-    missing = [k for k in rec.keys if k not in flops and unstage(k)[0] not in flops]
-    if missing or ref not in rec.keys:
-        raise ReswiseError(f"run '{label}' lacks resolution {missing[:1] or [ref]}")
+    extra = [k for k in rec.keys if k not in flops and unstage(k)[0] not in flops]
+    if extra:  # its rows would need FLOPs the --from run never counted
+        raise ReswiseError(
+            f"run '{label}' has {extra[0]}, which the --from run did not sweep (with the "
+            "--resolutions given): sweep both at the same resolutions"
+        )
+    if ref not in rec.keys:
+        raise ReswiseError(
+            f"run '{label}' lacks the reference {ref}: every row's drop is measured against it; "
+            "sweep it with the --from run's reference too"
+        )
 
 
 def compare(

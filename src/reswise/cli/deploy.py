@@ -56,7 +56,7 @@ def add_parser(sub: Any) -> None:
         "--check-root",
         help="real images for the check: class folders or a flat folder (labels unused)",
     )
-    p.add_argument("--check-size", type=int, default=256, help="images used for the check")
+    p.add_argument("--check-size", type=int, help="images used for the check (default 256 of them)")
     p.add_argument(
         "--check",
         action="store_true",
@@ -76,6 +76,12 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy:
         return ship.run_latency_policy(args)
     ship.require(args, "model", "resolutions")
+    for flag, given in (("--data-root", args.data_root), ("--limit", args.limit)):
+        if given is not None:  # they pick the policy's held-out images: parsed, then ignored
+            raise ReswiseError(
+                f"{flag} is for --policy (the images a chosen cascade is timed on); timing "
+                f"--model at --resolutions uses no image: drop {flag}"
+            )
     sizes = batch_sizes(args.batch_size)
     # timing does not depend on the weights' values
     lm = model_from(args, need_weights=False)
@@ -102,8 +108,15 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
             "--check needs --check-root DIR: without it the graph is checked on random noise, "
             "not on real images"
         )
+    size = ship.check_size(args)
+    if args.check_size is not None and not args.check_root:
+        raise ReswiseError(
+            "--check-size is the number of --check-root images the check uses: add "
+            "--check-root DIR or drop --check-size"
+        )
     lm = model_from(args)
-    kw = pick(args, "bake_resize_from", "check_root", "check_size", "opset")
+    kw = pick(args, "bake_resize_from", "check_root", "opset")
+    kw.update(check_size=size)
     out = export_checked(lm, args.resolution, args.out, **kw)
     if not args.json:
         print(

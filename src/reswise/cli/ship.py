@@ -86,12 +86,21 @@ def run_latency_policy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_size(args: argparse.Namespace) -> int:
+    """How many images an export is checked on (``--check-size``, 256 when not given)."""
+    size = 256 if args.check_size is None else args.check_size
+    if size <= 0:
+        raise ReswiseError(f"--check-size must be positive, got {size}")
+    return size
+
+
 def run_export_policy(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import export_policy_checked
 
     refuse_unused(args, UNUSED_BY_EXPORT)
+    size = check_size(args)
     out = export_policy_checked(
-        args.policy, args.out, check_root=args.check_root, check_size=args.check_size,
+        args.policy, args.out, check_root=args.check_root, check_size=size,
         opset=args.opset, require_check=args.check,
     )  # fmt: skip
     images, root = out.get("n_check_images"), out.get("check_root")

@@ -121,6 +121,11 @@ def state_path(out: Path) -> Path:
 def check_out(out: str | Path) -> None:
     """``--out`` and its resume state can be written (a folder or a path under a file cannot)."""
     out = Path(out)
+    if out.with_suffix(".md") == out:  # the card is written beside the weights under that name
+        raise ReswiseError(
+            f"--out {out}: the model card is written beside the weights as {out.stem}.md and "
+            f"would replace them; give the weights another name, e.g. {out.with_suffix('.pt')}"
+        )
     check_destination(out, "--out")
     check_destination(state_path(out), "--out")
 
