@@ -76,12 +76,12 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy:
         return ship.run_latency_policy(args)
     ship.require(args, "model", "resolutions")
-    for flag, given in (("--data-root", args.data_root), ("--limit", args.limit)):
-        if given is not None:  # they pick the policy's held-out images: parsed, then ignored
-            raise ReswiseError(
-                f"{flag} is for --policy (the images a chosen cascade is timed on); timing "
-                f"--model at --resolutions uses no image: drop {flag}"
-            )
+    ship.refuse_unused(  # they pick the policy's held-out images
+        args,
+        ("data_root", "limit"),
+        "{flag} is for --policy (the images a chosen cascade is timed on); timing --model at "
+        "--resolutions uses no image: drop {flag}",
+    )
     sizes = batch_sizes(args.batch_size)
     # timing does not depend on the weights' values
     lm = model_from(args, need_weights=False)

@@ -30,14 +30,19 @@ UNUSED_BY_EXPORT = (*MODEL_FLAGS, "resolution", "bake_resize_from")
 UNUSED_BY_LATENCY = (*MODEL_FLAGS, "resolutions", "reference", "no_fast")
 
 
-def refuse_unused(args: argparse.Namespace, names: tuple[str, ...]) -> None:
-    """With --policy these flags would be parsed and ignored: refused, not ignored."""
-    given = [n for n in names if getattr(args, n, None) not in (None, False)]
+def refuse_unused(args: argparse.Namespace, names: tuple[str, ...], why: str = "") -> None:
+    """Flags this path would parse and ignore are refused, not ignored: by default those that
+    --policy decides itself; ``why`` says otherwise (``{flag}`` stands for the flag)."""
+    # identity, not equality: a flag given as 0 is given (0 == False)
+    given = [
+        n for n in names if getattr(args, n, None) is not None and getattr(args, n) is not False
+    ]
     if given:
         flag = f"--{given[0].replace('_', '-')}"
         raise ReswiseError(
-            f"{flag} is not used with --policy (the policy file names the model, its weights and "
-            f"the stages' resolutions); drop {flag}, or run {args.command} without --policy"
+            why.format(flag=flag)
+            or f"{flag} is not used with --policy (the policy file names the model, its weights "
+            f"and the stages' resolutions); drop {flag}, or run {args.command} without --policy"
         )
 
 

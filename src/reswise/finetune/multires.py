@@ -32,6 +32,12 @@ def bn_state_keys(model: nn.Module) -> list[str]:
     return keys
 
 
+def continued(start: dict[int, Any] | None, extra: list[int]) -> list[int]:
+    """The resolutions of ``extra`` whose state a run takes from the starting weights' own
+    (``start``) instead of from the model, largest first (private BN and specialists alike)."""
+    return sorted((r for r in (start or {}) if r in extra), reverse=True)
+
+
 class PrivateBN(nn.Module):
     """``model`` plus one private BN set per extra resolution; ``forward(x, r)``."""
 
@@ -62,7 +68,7 @@ class PrivateBN(nn.Module):
                     self.register_buffer(self._slot(r, k), t)
             self._buffers_by_res[r] = bufs
         # BN the weights already carry for a resolution goes on from where it is
-        self.continued = sorted((r for r in (start or {}) if r in self.extra), reverse=True)
+        self.continued = continued(start, self.extra)
         with torch.no_grad():
             for r in self.continued:
                 for k, t in self.overrides(r).items():

@@ -27,7 +27,7 @@ from torch import nn
 from ..data import Dataset, align_labels, to_input
 from ..errors import ReswiseError
 from ..models.checkpoint import checkpoint_state
-from .multires import resize
+from .multires import continued, resize
 
 
 class Specialists(nn.Module):
@@ -52,7 +52,7 @@ class Specialists(nn.Module):
         self.copies = nn.ModuleDict({str(r): _trainable_copy(model) for r in self.extra})
         # specialists the starting weights already carry go on from where they are (training
         # them longer), the others start from the model
-        self.continued = sorted((r for r in (start or {}) if r in self.extra), reverse=True)
+        self.continued = continued(start, self.extra)
         self.before = before  # how the continued ones were made
         for r in self.continued:
             self.copies[str(r)].load_state_dict(start[r])

@@ -152,7 +152,6 @@ def run_sweep(cfg: SweepConfig, write: bool = True) -> SweepResult | None:
     if cfg.crop_pct == "auto":  # one sweep per crop of a grid, then the choice (choose/crops.py)
         return run_auto_crop(cfg, write)
     res = parse_resolutions(cfg.resolutions)
-    refuse_unused_crop(cfg.model, cfg.crop_pct, model_info(cfg.model).task)
     parse_precisions(cfg.precision)  # a bad --precision or --quant fails before any pass
     quant_options(cfg.quant)
     out = cfg.out_dir()
@@ -320,6 +319,7 @@ def refuse_unused_flags(cfg: SweepConfig) -> None:
         raise ReswiseError(
             f"--quant calibrates int8 stages: add --precision fp32,int8 or drop --quant {cfg.quant}"
         )
+    refuse_unused_crop(cfg.model, cfg.crop_pct, model_info(cfg.model).task)
 
 
 # ---------------------------------------------------------------- --crop-pct auto
